@@ -1,0 +1,22 @@
+# Shared helpers for scripts/: logging, root checks, Debian packages.
+# Sourced, never run.
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# need_packages PKG...: install the Debian packages that are missing (root only).
+need_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or install them)"
+    log "installing ${missing[*]}"
+    if [ -z "${TETHER_APT_UPDATED:-}" ]; then
+        apt-get update -qq >&2 || die "apt-get update failed"
+        export TETHER_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+        die "apt-get install ${missing[*]} failed"
+}
