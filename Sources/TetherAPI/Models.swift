@@ -1,0 +1,179 @@
+import Foundation
+import TetherRuntime
+
+// The JSON of tetherd's HTTP API (docs/api.md). Shared by the server and the CLI.
+
+/// POST /v1/namespaces/{ns}/tasks
+public struct CreateTaskRequest: Codable, Sendable {
+    public var id: String
+    /// The command, when the server builds the OCI spec (ignored with `spec` or `bundle`).
+    public var args: [String]?
+    public var env: [String]?
+    public var cwd: String?
+    /// A directory holding the container's root filesystem, used as is (bind mount).
+    public var rootfs: String?
+    /// An OCI bundle directory (config.json, and its root.path).
+    public var bundle: String?
+    /// A whole OCI spec; its root.path must be absolute.
+    public var spec: JSONValue?
+    public var io: IO?
+
+    public init(id: String, args: [String]? = nil, env: [String]? = nil, cwd: String? = nil, rootfs: String? = nil,
+                bundle: String? = nil, spec: JSONValue? = nil, io: IO? = nil) {
+        self.id = id
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.rootfs = rootfs
+        self.bundle = bundle
+        self.spec = spec
+        self.io = io
+    }
+}
+
+/// A task, as GET, POST (create) and start return it.
+public struct TaskView: Codable, Sendable {
+    public var namespace: String
+    public var id: String
+    public var pid: UInt32
+    public var status: Status
+    public var exit: Exit?
+    /// Set when the manager, not the shim, recorded the exit (a shim died).
+    public var exitReason: String?
+    public var io: IO
+    public var runtime: String
+
+    public init(namespace: String, id: String, pid: UInt32, status: Status, exit: Exit?, exitReason: String?, io: IO, runtime: String) {
+        self.namespace = namespace
+        self.id = id
+        self.pid = pid
+        self.status = status
+        self.exit = exit
+        self.exitReason = exitReason
+        self.io = io
+        self.runtime = runtime
+    }
+}
+
+/// POST /v1/namespaces/{ns}/tasks/{id}/kill. The signal is a name ("TERM",
+/// "SIGKILL") or a number, as a JSON string or number; TERM when absent.
+public struct KillRequest: Codable, Sendable {
+    public var signal: SignalValue?
+    public var all: Bool?
+
+    public init(signal: SignalValue? = nil, all: Bool? = nil) {
+        self.signal = signal
+        self.all = all
+    }
+}
+
+public enum SignalValue: Codable, Sendable, Equatable {
+    case number(Int64)
+    case name(String)
+
+    public init(from d: Decoder) throws {
+        let c = try d.singleValueContainer()
+        if let n = try? c.decode(Int64.self) { self = .number(n) } else { self = .name(try c.decode(String.self)) }
+    }
+
+    public func encode(to e: Encoder) throws {
+        var c = e.singleValueContainer()
+        switch self {
+        case .number(let n): try c.encode(n)
+        case .name(let s): try c.encode(s)
+        }
+    }
+
+    public var text: String {
+        switch self {
+        case .number(let n): String(n)
+        case .name(let s): s
+        }
+    }
+}
+
+/// GET /v1/version
+public struct VersionView: Codable, Sendable {
+    public var version: String
+    public var runtime: String
+    public var root: String
+    public var state: String
+
+    public init(version: String, runtime: String, root: String, state: String) {
+        self.version = version
+        self.runtime = runtime
+        self.root = root
+        self.state = state
+    }
+}
+
+/// Every error: `{"error": {"code": "container_does_not_exist", "message": "..."}}`.
+public struct ErrorBody: Codable, Sendable {
+    public struct Detail: Codable, Sendable {
+        public var code: String
+        public var message: String
+    }
+
+    public var error: Detail
+
+    public init(code: String, message: String) { error = Detail(code: code, message: message) }
+}
+
+/// The API's JSON coders: RFC 3339 times with nanoseconds.
+public enum APIJSON {
+    public static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.dateEncodingStrategy = .custom { date, encoder in
+            var c = encoder.singleValueContainer()
+            try c.encode(RFC3339.format(date))
+        }
+        return e
+    }()
+
+    public static let decoder: JSONDecoder = {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .custom { decoder in
+            let c = try decoder.singleValueContainer()
+            let s = try c.decode(String.self)
+            guard let date = RFC3339.parse(s) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time: \(s)")
+            }
+            return date
+        }
+        return d
+    }()
+}
+
+/// Any JSON value, for the OCI spec passed through the API untouched.
+public indirect enum JSONValue: Codable, Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from d: Decoder) throws {
+        let c = try d.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to e: Encoder) throws {
+        var c = e.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .number(let n):
+            if n == n.rounded(), abs(n) < 1e15 { try c.encode(Int64(n)) } else { try c.encode(n) }
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+}

@@ -1,0 +1,29 @@
+/// Where the manager keeps things. `state` is volatile (/run: tasks die with
+/// the machine, so does their state); `root` is persistent (/var/lib).
+///
+///     <state>/tetherd.sock                  HTTP API (0600)
+///     <state>/tetherd.pid
+///     <state>/exits.fifo                    the exit pipe: every shim writes, tetherd reads
+///     <state>/runc/<ns>/                    the OCI runtime's --root, one per namespace
+///     <state>/tasks/<ns>/<id>/              bundle and task state dir (0700), see TaskRecord
+///     <root>/rootfs/busybox/                the embedded default rootfs (scripts/make-rootfs)
+///     <root>/tasks/<ns>/<id>/{upper,work}   writable overlay layer over the default rootfs
+public struct Layout: Sendable {
+    public let root: String
+    public let state: String
+
+    public init(root: String, state: String) {
+        self.root = root
+        self.state = state
+    }
+
+    public var exitFifo: String { "\(state)/exits.fifo" }
+    public var pidFile: String { "\(state)/tetherd.pid" }
+    public var tasksDir: String { "\(state)/tasks" }
+    public var defaultRootfs: String { "\(root)/rootfs/busybox" }
+
+    public func runtimeRoot(_ namespace: String) -> String { "\(state)/runc/\(namespace)" }
+    public func bundle(_ namespace: String, _ id: String) -> String { "\(state)/tasks/\(namespace)/\(id)" }
+    public func scratch(_ namespace: String, _ id: String) -> String { "\(root)/tasks/\(namespace)/\(id)" }
+    public func record(_ namespace: String, _ id: String) -> String { "\(bundle(namespace, id))/task.json" }
+}

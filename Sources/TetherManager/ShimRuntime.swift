@@ -1,0 +1,300 @@
+import CTether
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import TTRPC
+import TetherProto
+import TetherRuntime
+import TetherSys
+
+/// What the manager needs to run tasks under shims.
+public struct ManagerConfig: Sendable {
+    public var layout: Layout
+    /// The OCI runtime: a name looked up in PATH (runc), or a path.
+    public var runtime: String
+    /// The tether-shim binary.
+    public var shimBinary: String
+    /// Start shims with --debug.
+    public var debugShims: Bool
+    public var monitor: any TaskMonitor
+    public var logger: Logger
+
+    public init(layout: Layout, runtime: String = "runc", shimBinary: String, debugShims: Bool = false,
+                monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd")) {
+        self.layout = layout
+        self.runtime = runtime
+        self.shimBinary = shimBinary
+        self.debugShims = debugShims
+        self.monitor = monitor
+        self.logger = logger
+    }
+}
+
+struct TaskKey: Hashable, Sendable {
+    let namespace: String
+    let id: String
+}
+
+/// containerd's Runtime, implemented with one tether-shim per task.
+public final class ShimRuntime: Runtime, Sendable {
+    public let id = "io.tether.shim.v1"
+    public let config: ManagerConfig
+    let group: any EventLoopGroup
+    let launcher: ShimLauncher
+    let watcher: ShimWatcher
+    private let tasksByKey = Mutex<[TaskKey: ShimTask]>([:])
+    private let exitPipe = Mutex<ExitPipe?>(nil)
+
+    var logger: Logger { config.logger }
+    public var layout: Layout { config.layout }
+
+    private init(config: ManagerConfig) throws {
+        self.config = config
+        group = MultiThreadedEventLoopGroup.singleton
+        launcher = ShimLauncher(shimBinary: config.shimBinary, layout: config.layout, debug: config.debugShims)
+        watcher = try ShimWatcher()
+    }
+
+    /// Prepares the state and root directories, opens the exit pipe and
+    /// picks up the tasks an earlier manager left running.
+    public static func start(_ config: ManagerConfig) async throws -> ShimRuntime {
+        try Files.makeDirectories(config.layout.state)
+        try Files.makeDirectories(config.layout.tasksDir)
+        try Files.makeDirectories(config.layout.root)
+        let runtime = try ShimRuntime(config: config)
+        let pipe = try ExitPipe(path: config.layout.exitFifo,
+                                onRecord: { [weak runtime] r in runtime?.deliver(r) },
+                                onError: { [logger = config.logger] in logger.error("\($0)") })
+        runtime.exitPipe.withLock { $0 = pipe }
+        await runtime.reload()
+        return runtime
+    }
+
+    // MARK: - Runtime
+
+    public func create(namespace: String, id: String, _ opts: CreateOpts) async throws -> any RuntimeTask {
+        try Identifier.validate(namespace, kind: "namespace")
+        try Identifier.validate(id, kind: "task ID")
+        guard let runtimeBinary = Spawn.lookPath(config.runtime) else { throw RuntimeError.runtimeDoesNotExist(config.runtime) }
+        _ = try SpecBuilder.validate(opts.spec, source: "the task's OCI spec")
+        guard opts.checkpoint.isEmpty else {
+            throw RuntimeError(.notImplemented, "restoring a task from a checkpoint is not implemented yet")
+        }
+
+        let key = TaskKey(namespace: namespace, id: id)
+        let bundle = layout.bundle(namespace, id)
+        let scratch = layout.scratch(namespace, id)
+        // Overlay layers the task owns live in its scratch directory, made here and removed at delete.
+        let layerDirs = opts.rootfs.flatMap(\.options).compactMap { o -> String? in
+            guard o.hasPrefix("upperdir=") || o.hasPrefix("workdir=") else { return nil }
+            let dir = String(o[o.index(after: o.firstIndex(of: "=")!)...])
+            return dir.hasPrefix(scratch + "/") ? dir : nil
+        }
+        var record = TaskRecord(namespace: namespace, id: id, instance: Self.newInstance(), runtime: runtimeBinary,
+                                bundle: bundle, io: opts.io, rootfs: opts.rootfs,
+                                scratch: layerDirs.isEmpty ? nil : scratch, phase: .creating, createdAt: Date())
+        let task = ShimTask(runtime: self, record: record, spec: opts.spec)
+        try tasksByKey.withLock { (t) throws(RuntimeError) in
+            guard t[key] == nil else { throw RuntimeError.containerExists(namespace: namespace, id: id) }
+            t[key] = task
+        }
+        do {
+            if Files.exists(bundle) {
+                logger.warning("removing a stale bundle with no task behind it", metadata: ["bundle": "\(bundle)"])
+                try removeBundle(bundle)
+            }
+            if record.scratch != nil {
+                try? Files.removeTree(scratch)  // a layer left by a task that no longer exists
+                for dir in layerDirs { try Files.makeDirectories(dir, mode: 0o755) }
+            }
+            try Files.makeDirectories(bundle)
+            try Files.makeDirectories("\(bundle)/rootfs", mode: 0o755)
+            try Files.writeAtomically("\(bundle)/config.json", Array(opts.spec), mode: 0o600)
+            try Files.makeDirectories(layout.runtimeRoot(namespace))
+            try record.save()
+
+            let shimPid = try await launcher.launch(record)
+            record.shimPid = shimPid
+            try task.update { $0.shimPid = shimPid }
+            watcher.watch(shimPid) { [weak task] code in task?.shimExited(code: code) }
+            let client = try await ShimClient.connect("\(bundle)/shim.sock", group: group)
+            task.attach(client)
+
+            var req = Containerd_Task_V2_CreateTaskRequest()
+            req.id = id
+            req.bundle = bundle
+            req.rootfs = opts.rootfs.map(\.proto)
+            req.terminal = opts.io.terminal
+            req.stdin = opts.io.stdin
+            req.stdout = opts.io.stdout
+            req.stderr = opts.io.stderr
+            let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: .seconds(120))
+            try task.update { r in
+                r.pid = resp.pid
+                r.phase = .created
+            }
+            logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shimPid)"])
+            return task
+        } catch {
+            logger.warning("create failed; cleaning up", metadata: ["namespace": "\(namespace)", "id": "\(id)", "error": "\(error)"])
+            await task.stopShim(now: true)
+            try? removeBundle(bundle)
+            if let s = record.scratch { try? Files.removeTree(s) }
+            tasksByKey.withLock { _ = $0.removeValue(forKey: key) }
+            throw ShimTask.mapError(error, namespace: namespace, id: id)
+        }
+    }
+
+    public func get(namespace: String, id: String) async throws -> any RuntimeTask {
+        try task(namespace, id)
+    }
+
+    func task(_ namespace: String, _ id: String) throws(RuntimeError) -> ShimTask {
+        try Identifier.validate(namespace, kind: "namespace")
+        try Identifier.validate(id, kind: "task ID")
+        guard let t = tasksByKey.withLock({ $0[TaskKey(namespace: namespace, id: id)] }), t.isVisible else {
+            throw RuntimeError.containerDoesNotExist(namespace: namespace, id: id)
+        }
+        return t
+    }
+
+    public func tasks(namespace: String) async throws -> [any RuntimeTask] {
+        try Identifier.validate(namespace, kind: "namespace")
+        return tasksByKey.withLock { t in
+            t.values.filter { $0.info.namespace == namespace && $0.isVisible }.sorted { $0.id < $1.id }
+        }
+    }
+
+    public func delete(_ task: any RuntimeTask) async throws -> Exit {
+        guard let t = task as? ShimTask else {
+            throw RuntimeError(.invalidArgument, "task \(task.id) was not created by this runtime")
+        }
+        let exit = try await t.delete()
+        if let s = t.record.scratch { try? Files.removeTree(s) }
+        tasksByKey.withLock { _ = $0.removeValue(forKey: TaskKey(namespace: t.info.namespace, id: t.id)) }
+        do { try config.monitor.stop(t) } catch { logger.warning("monitor stop failed: \(error)") }
+        logger.info("deleted task", metadata: ["namespace": "\(t.info.namespace)", "id": "\(t.id)", "status": "\(exit.status)"])
+        return exit
+    }
+
+    // MARK: - exits
+
+    /// An exit record from the pipe (or from Exits.Pending): hand it to its task.
+    func deliver(_ r: Tether_Shim_V1_ExitRecord) {
+        guard let t = tasksByKey.withLock({ $0[TaskKey(namespace: r.namespace, id: r.id)] }),
+              t.record.instance == r.instance else {
+            logger.debug("exit record for a task that is gone", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "seq": "\(r.seq)"])
+            return
+        }
+        t.apply(r)
+    }
+
+    // MARK: - helpers
+
+    /// Unmounts whatever is still mounted under `bundle`, then removes it.
+    func removeBundle(_ bundle: String) throws {
+        for m in Files.mounts(under: bundle) {
+            let rc = tether_umount(m, 0)
+            if rc == -EBUSY { _ = tether_umount(m, Int32(MNT_DETACH)) }
+        }
+        try Files.removeTree(bundle)
+    }
+
+    /// Runs the OCI runtime for cleanup, waiting for it through the watcher.
+    func runRuntime(_ binary: String, _ args: [String]) async -> Int32? {
+        do {
+            let pid = try Spawn.spawn(binary, [binary] + args)
+            return await withCheckedContinuation { (c: CheckedContinuation<Int32?, Never>) in
+                if !watcher.watch(pid, onExit: { code in c.resume(returning: code) }) { c.resume(returning: nil) }
+            }
+        } catch {
+            logger.error("cannot run \(binary): \(error)")
+            return nil
+        }
+    }
+
+    static func newInstance() -> String {
+        var g = SystemRandomNumberGenerator()
+        return String(g.next() as UInt64, radix: 16)
+    }
+
+    /// Picks up the tasks an earlier manager left: each record on disk
+    /// becomes a task again, reconnected to its shim, with the exits it
+    /// missed fetched from the shim (Exits.Pending). A task whose shim is
+    /// gone goes through the dead-shim path; a half-created one is removed.
+    func reload() async {
+        var found: [(String, String)] = []
+        for ns in (try? Files.listDirectory(layout.tasksDir)) ?? [] where Identifier.isValid(ns) {
+            for id in (try? Files.listDirectory("\(layout.tasksDir)/\(ns)")) ?? [] where Identifier.isValid(id) {
+                found.append((ns, id))
+            }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for (ns, id) in found {
+                group.addTask { [self] in await reloadTask(ns, id) }
+            }
+        }
+        if !found.isEmpty { logger.info("reloaded tasks", metadata: ["count": "\(found.count)"]) }
+    }
+
+    private func reloadTask(_ namespace: String, _ id: String) async {
+        let path = layout.record(namespace, id)
+        let record: TaskRecord
+        do {
+            record = try TaskRecord.load(path)
+        } catch {
+            logger.error("task record \(path) is unreadable (\(error)); leaving the task alone")
+            return
+        }
+        let spec = (try? Files.read("\(record.bundle)/config.json")).map { Data($0) } ?? Data()
+        let task = ShimTask(runtime: self, record: record, spec: spec)
+        let key = TaskKey(namespace: namespace, id: id)
+        tasksByKey.withLock { $0[key] = task }
+        let alive = record.shimPid > 0 && Self.isShim(pid: record.shimPid, namespace: namespace, id: id)
+            && watcher.watch(record.shimPid) { [weak task] code in task?.shimExited(code: code) }
+        if record.phase == .creating {
+            // The manager died mid-create: finish nothing, remove everything.
+            logger.warning("removing a task that was half created when the manager stopped", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
+            if alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) { task.attach(client) }
+            if !alive { task.shimExited(code: nil) }
+            await task.stopShim(now: true)
+            _ = await runRuntime(record.runtime, ["--root", layout.runtimeRoot(namespace), "delete", "--force", id])
+            try? removeBundle(record.bundle)
+            if let s = record.scratch { try? Files.removeTree(s) }
+            tasksByKey.withLock { _ = $0.removeValue(forKey: key) }
+            return
+        }
+        guard alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) else {
+            task.shimExited(code: nil)
+            return
+        }
+        task.attach(client)
+        if let pending = try? await client.call("tether.shim.v1.Exits", "Pending", Tether_Shim_V1_PendingRequest(),
+                                                as: Tether_Shim_V1_PendingResponse.self, timeout: .seconds(5)) {
+            for r in pending.records where r.instance == record.instance { task.apply(r) }
+        }
+        if record.phase == .running { try? config.monitor.monitor(task) }
+    }
+
+    /// Is `pid` the tether-shim of namespace/id (and not a process that took its pid)?
+    static func isShim(pid: Int32, namespace: String, id: String) -> Bool {
+        guard let raw = try? Files.read("/proc/\(pid)/cmdline") else { return false }
+        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard let first = args.first, first.hasSuffix("tether-shim") else { return false }
+        func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
+        return value("--id") == id && value("--namespace") == namespace
+    }
+}
+
+extension Mount {
+    var proto: Containerd_Types_Mount {
+        var m = Containerd_Types_Mount()
+        m.type = type
+        m.source = source
+        m.target = target
+        m.options = options
+        return m
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import TetherRuntime
+import TetherSys
+
+/// The manager's record of one task, `<bundle>/task.json`. Written atomically
+/// before the side effect it records (so a manager that dies at any point
+/// finds out on reload what it was doing). Fields added later must decode
+/// from older files: give them defaults in `init(from:)`.
+public struct TaskRecord: Codable, Sendable, Equatable {
+    public enum Phase: String, Codable, Sendable {
+        /// Bundle written; the shim may or may not be running yet.
+        case creating
+        case created
+        case running
+        case stopped
+        /// Delete under way: the container may be gone already.
+        case deleting
+    }
+
+    public var version = 1
+    public var namespace: String
+    public var id: String
+    /// Tells this incarnation of the task from an earlier one with the same id.
+    public var instance: String
+    /// The OCI runtime binary the shim drives.
+    public var runtime: String
+    public var bundle: String
+    public var io: IO
+    public var rootfs: [Mount]
+    /// A persistent directory owned by the task (its overlay layer), removed at delete.
+    public var scratch: String?
+    public var phase: Phase
+    public var pid: UInt32 = 0
+    public var shimPid: Int32 = 0
+    /// The init's exit, once the shim has reported it.
+    public var exit: Exit?
+    /// Why the exit was recorded by the manager rather than the shim, if it was.
+    public var exitReason: String?
+    /// The newest exit record stored from this task's shim (records are acked up to here).
+    public var ackedSeq: UInt64 = 0
+    public var createdAt: Date
+
+    public init(namespace: String, id: String, instance: String, runtime: String, bundle: String,
+                io: IO, rootfs: [Mount], scratch: String?, phase: Phase, createdAt: Date) {
+        self.namespace = namespace
+        self.id = id
+        self.instance = instance
+        self.runtime = runtime
+        self.bundle = bundle
+        self.io = io
+        self.rootfs = rootfs
+        self.scratch = scratch
+        self.phase = phase
+        self.createdAt = createdAt
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case version, namespace, id, instance, runtime, bundle, io, rootfs, scratch, phase, pid, shimPid, exit, exitReason, ackedSeq, createdAt
+    }
+
+    public init(from d: Decoder) throws {
+        let c = try d.container(keyedBy: CodingKeys.self)
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? 1
+        namespace = try c.decode(String.self, forKey: .namespace)
+        id = try c.decode(String.self, forKey: .id)
+        instance = try c.decodeIfPresent(String.self, forKey: .instance) ?? ""
+        runtime = try c.decodeIfPresent(String.self, forKey: .runtime) ?? "runc"
+        bundle = try c.decode(String.self, forKey: .bundle)
+        io = try c.decodeIfPresent(IO.self, forKey: .io) ?? IO()
+        rootfs = try c.decodeIfPresent([Mount].self, forKey: .rootfs) ?? []
+        scratch = try c.decodeIfPresent(String.self, forKey: .scratch)
+        phase = try c.decode(Phase.self, forKey: .phase)
+        pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
+        shimPid = try c.decodeIfPresent(Int32.self, forKey: .shimPid) ?? 0
+        exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
+        exitReason = try c.decodeIfPresent(String.self, forKey: .exitReason)
+        ackedSeq = try c.decodeIfPresent(UInt64.self, forKey: .ackedSeq) ?? 0
+        createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt) ?? Date(timeIntervalSince1970: 0)
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601WithFractionalSeconds
+        return e
+    }()
+
+    static let decoder: JSONDecoder = {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601WithFractionalSeconds
+        return d
+    }()
+
+    /// Writes `<bundle>/task.json` atomically.
+    public func save() throws {
+        try Files.writeAtomically("\(bundle)/task.json", Array(try Self.encoder.encode(self)) + [0x0A])
+    }
+
+    public static func load(_ path: String) throws -> TaskRecord {
+        try decoder.decode(TaskRecord.self, from: Data(try Files.read(path)))
+    }
+}
+
+extension JSONEncoder.DateEncodingStrategy {
+    /// RFC 3339 with nanoseconds, as containerd and Go print timestamps.
+    public static let iso8601WithFractionalSeconds = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
+        var c = encoder.singleValueContainer()
+        try c.encode(RFC3339.format(date))
+    }
+}
+
+extension JSONDecoder.DateDecodingStrategy {
+    public static let iso8601WithFractionalSeconds = JSONDecoder.DateDecodingStrategy.custom { decoder in
+        let c = try decoder.singleValueContainer()
+        let s = try c.decode(String.self)
+        guard let d = RFC3339.parse(s) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time: \(s)")
+        }
+        return d
+    }
+}

@@ -1,0 +1,158 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import TetherAPI
+import TetherManager
+import TetherRuntime
+
+/// tetherd's HTTP API (docs/api.md) over a unix socket: a thin layer that
+/// turns requests into Runtime calls and RuntimeErrors into JSON errors.
+public struct APIServer: Sendable {
+    let runtime: ShimRuntime
+    let logger: Logger
+
+    public init(runtime: ShimRuntime, logger: Logger) {
+        self.runtime = runtime
+        self.logger = logger
+    }
+
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("/v1/version") { _, _ in
+            json(VersionView(version: TetherVersion.string, runtime: runtime.config.runtime,
+                             root: runtime.layout.root, state: runtime.layout.state))
+        }
+        let tasks = router.group("/v1/namespaces/:ns/tasks")
+        tasks.get { _, c in try await handle { try await list(ns(c)) } }
+        tasks.post { req, c in try await handle { try await create(ns(c), req) } }
+        tasks.get(":id") { _, c in try await handle { try await view(try await task(c)) } }
+        tasks.post(":id/start") { _, c in
+            try await handle {
+                let t = try await task(c)
+                try await t.start()
+                return try await view(t)
+            }
+        }
+        tasks.post(":id/kill") { req, c in
+            try await handle {
+                let body: KillRequest = try await decode(req, default: KillRequest())
+                let signal = try Signals.parse(body.signal?.text ?? "TERM")
+                try await task(c).kill(signal: UInt32(signal), all: body.all ?? false)
+                return Response(status: .noContent)
+            }
+        }
+        tasks.post(":id/wait") { _, c in try await handle { json(try await task(c).wait()) } }
+        tasks.delete(":id") { _, c in
+            try await handle {
+                let t = try await task(c)
+                return json(try await runtime.delete(t))
+            }
+        }
+        return router
+    }
+
+    // MARK: - handlers
+
+    private func list(_ namespace: String) async throws -> Response {
+        var out: [TaskView] = []
+        for t in try await runtime.tasks(namespace: namespace) {
+            // A task deleted while we list is simply left out.
+            if let v = try? await taskView(t) { out.append(v) }
+        }
+        return json(out)
+    }
+
+    private func create(_ namespace: String, _ req: Request) async throws -> Response {
+        let body: CreateTaskRequest = try await decode(req, default: nil)
+        let io = body.io ?? IO()
+        let opts: CreateOpts
+        if let spec = body.spec {
+            opts = CreateOpts(spec: try APIJSON.encoder.encode(spec), io: io)
+        } else {
+            let source: RootfsSource = if let b = body.bundle { .bundle(b) } else if let r = body.rootfs { .directory(r) } else { .embedded }
+            let process = body.args.map { SpecBuilder.Process(args: $0, env: body.env ?? [], cwd: body.cwd ?? "/") }
+            try Identifier.validate(namespace, kind: "namespace")
+            try Identifier.validate(body.id, kind: "task ID")
+            opts = try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io)
+        }
+        let t = try await runtime.create(namespace: namespace, id: body.id, opts)
+        return json(try await taskView(t), status: .created)
+    }
+
+    private func view(_ t: any RuntimeTask) async throws -> Response { json(try await taskView(t)) }
+
+    private func taskView(_ t: any RuntimeTask) async throws -> TaskView {
+        let s = try await t.state()
+        let reason = (t as? ShimTask)?.exitReason
+        return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit,
+                        exitReason: reason, io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
+                        runtime: t.info.runtime)
+    }
+
+    private func task(_ c: BasicRequestContext) async throws -> any RuntimeTask {
+        guard let id = c.parameters.get("id") else { throw RuntimeError(.invalidArgument, "no task ID in the path") }
+        return try await runtime.get(namespace: try ns(c), id: id)
+    }
+
+    private func ns(_ c: BasicRequestContext) throws -> String {
+        guard let ns = c.parameters.get("ns") else { throw RuntimeError(.invalidArgument, "no namespace in the path") }
+        try Identifier.validate(ns, kind: "namespace")
+        return ns
+    }
+
+    // MARK: - JSON in and out
+
+    private func decode<T: Decodable>(_ req: Request, default value: T?) async throws -> T {
+        let buffer = try await req.body.collect(upTo: 4 << 20)
+        if buffer.readableBytes == 0, let value { return value }
+        do {
+            return try APIJSON.decoder.decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw RuntimeError(.invalidArgument, "request body is not valid \(T.self) JSON: \(describe(error))")
+        }
+    }
+
+    /// Runs a handler; any error becomes `{"error": {...}}` with a status that fits.
+    private func handle(_ body: () async throws -> Response) async throws -> Response {
+        do {
+            return try await body()
+        } catch let e as RuntimeError {
+            return errorResponse(e)
+        } catch {
+            logger.error("request failed: \(error)")
+            return errorResponse(RuntimeError(.internal, "\(error)"))
+        }
+    }
+
+    private func errorResponse(_ e: RuntimeError) -> Response {
+        let status: HTTPResponse.Status = switch e.code {
+        case .invalidArgument: .badRequest
+        case .containerDoesNotExist: .notFound
+        case .containerExists, .processAlreadyExited, .failedPrecondition: .conflict
+        case .runtimeDoesNotExist: .init(code: 424, reasonPhrase: "Failed Dependency")
+        case .notImplemented: .notImplemented
+        case .unavailable: .serviceUnavailable
+        case .internal: .internalServerError
+        }
+        return json(ErrorBody(code: e.code.rawValue, message: e.message), status: status)
+    }
+}
+
+func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+    let data = (try? APIJSON.encoder.encode(value)) ?? Data("{}".utf8)
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: Array(data) + [0x0A])))
+}
+
+private func describe(_ error: any Error) -> String {
+    switch error {
+    case DecodingError.keyNotFound(let key, _): "missing field \"\(key.stringValue)\""
+    case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
+        "wrong type at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+    case DecodingError.dataCorrupted(let ctx): ctx.debugDescription
+    default: "\(error)"
+    }
+}

@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CTether
+import Synchronization
+
+/// A file descriptor with one owner. The owner closes it exactly once:
+/// explicitly with `close()`, or when the last reference goes away.
+/// Hand it to someone else with `take()`, which leaves this object empty.
+public final class FD: Sendable, CustomStringConvertible {
+    private let fd: Mutex<Int32>
+
+    /// Takes ownership of `raw`.
+    public init(_ raw: Int32) { fd = Mutex(raw) }
+
+    deinit { let raw = fd.withLock { $0 }; if raw >= 0 { Glibc.close(raw) } }
+
+    /// The raw descriptor, or -1 once closed or taken. Valid only while this object owns it.
+    public var raw: Int32 { fd.withLock { $0 } }
+
+    public var isOpen: Bool { raw >= 0 }
+
+    /// Gives up ownership: the caller must close the returned descriptor.
+    public func take() -> Int32 {
+        fd.withLock { v in let r = v; v = -1; return r }
+    }
+
+    /// Closes now; later calls do nothing.
+    public func close() {
+        let r = take()
+        if r >= 0 { Glibc.close(r) }
+    }
+
+    public var description: String { "fd \(raw)" }
+
+    // MARK: - opening
+
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SysError) -> FD {
+        let raw = try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return FD(raw)
+    }
+
+    /// A pipe: (read end, write end), both close-on-exec.
+    public static func pipe(nonblocking: Bool = false) throws(SysError) -> (read: FD, write: FD) {
+        var fds: [Int32] = [-1, -1]
+        _ = try check(tether_pipe(&fds, nonblocking ? 1 : 0), "pipe2")
+        return (FD(fds[0]), FD(fds[1]))
+    }
+
+    // MARK: - io
+
+    /// Writes all of `bytes`, retrying short writes and EINTR. Blocking fds only.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(SysError) {
+        var off = 0
+        while off < bytes.count {
+            let n = Glibc.write(raw, bytes.baseAddress! + off, bytes.count - off)
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SysError.last("write")
+            }
+            off += n
+        }
+    }
+
+    public func writeAll(_ bytes: [UInt8]) throws(SysError) {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { b in Glibc.write(raw, b.baseAddress! + off, b.count - off) }
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SysError.last("write")
+            }
+            off += n
+        }
+    }
+
+    /// Reads up to `count` bytes; an empty result means end of file.
+    public func read(upTo count: Int) throws(SysError) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: count)
+        while true {
+            let n = buf.withUnsafeMutableBytes { b in Glibc.read(raw, b.baseAddress!, count) }
+            if n >= 0 {
+                buf.removeLast(count - n)
+                return buf
+            }
+            if Glibc.errno != EINTR { throw SysError.last("read") }
+        }
+    }
+
+    /// Reads until end of file.
+    public func readToEnd(limit: Int = 16 << 20) throws(SysError) -> [UInt8] {
+        var out: [UInt8] = []
+        while out.count < limit {
+            let chunk = try read(upTo: 65536)
+            if chunk.isEmpty { break }
+            out += chunk
+        }
+        return out
+    }
+
+    public func setNonBlocking(_ on: Bool = true) throws(SysError) {
+        _ = try check(tether_set_nonblock(raw, on ? 1 : 0), "fcntl(O_NONBLOCK)")
+    }
+}

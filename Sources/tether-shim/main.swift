@@ -1,0 +1,3 @@
+import TetherShim
+
+ShimMain.run(Array(CommandLine.arguments.dropFirst()))

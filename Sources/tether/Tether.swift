@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+import TetherAPI
+import TetherClient
+import TetherRuntime
+
+@main
+struct Tether: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tether",
+        abstract: "Run and manage tasks through tetherd (each task under its own tether-shim).",
+        version: TetherVersion.string,
+        subcommands: [Run.self, Create.self, Start.self, List.self, StateCommand.self, Kill.self, Wait.self, Delete.self, Version.self])
+}
+
+/// --address and --namespace, for every verb.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "tetherd's socket (env TETHER_ADDRESS).")
+    var address = ProcessInfo.processInfo.environment["TETHER_ADDRESS"] ?? "/run/tether/tetherd.sock"
+
+    @Option(name: [.short, .long], help: "The namespace (env TETHER_NAMESPACE).")
+    var namespace = ProcessInfo.processInfo.environment["TETHER_NAMESPACE"] ?? defaultNamespace
+
+    var client: APIClient { APIClient(address: address, namespace: namespace) }
+}
+
+/// Runs a verb's body; any error becomes one line on stderr and exit status 1.
+func guarded(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        printError("tether: \(error)")
+        throw ExitCode.failure
+    }
+}
+
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}
+
+/// "3" for an exit status, "3 (SIGQUIT)"-style names for deaths by signal.
+func describeStatus(_ status: UInt32) -> String {
+    guard status > 128 && status <= 128 + UInt32(Signals.max) else { return String(status) }
+    return "\(status) (SIG\(Signals.name(Int32(status - 128))))"
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import TetherManager
+import TetherRuntime
+import TetherServer
+import TetherSys
+
+@main
+struct Tetherd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tetherd",
+        abstract: "The Tether manager: runs each task under its own tether-shim and serves the HTTP API.",
+        version: TetherVersion.string)
+
+    @Option(help: "Persistent state (the default rootfs, tasks' writable layers).")
+    var root = "/var/lib/tether"
+
+    @Option(help: "Volatile state (bundles, shim sockets, exit pipe).")
+    var state = "/run/tether"
+
+    @Option(help: "The API socket. Default: STATE/tetherd.sock.")
+    var address: String?
+
+    @Option(help: "The OCI runtime: a name in PATH or a path (runc, crun, ...).")
+    var runtime = "runc"
+
+    @Option(help: "The tether-shim binary. Default: the one next to tetherd, else PATH.")
+    var shim: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    @Flag(help: "Start shims with --debug (their logs: STATE/tasks/NS/ID/shim.log).")
+    var debugShims = false
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown --log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
+        }
+    }
+
+    func run() async throws {
+        umask(0o077)  // sockets and state files are the owner's alone
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "tetherd")
+        let address = address ?? "\(state)/tetherd.sock"
+        do {
+            try await serve(address: address, logger: logger)
+        } catch {
+            logger.critical("\(error)")
+            FileHandle.standardError.write(Data("tetherd: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    private func serve(address: String, logger: Logger) async throws {
+        guard geteuid() == 0 else { throw RuntimeError(.failedPrecondition, "tetherd must run as root: it mounts filesystems and runs containers") }
+        guard let shimBinary = findShim() else {
+            throw RuntimeError(.failedPrecondition, "tether-shim not found next to tetherd or in PATH: build it (swift build) or pass --shim PATH")
+        }
+        if Spawn.lookPath(runtime) == nil {
+            logger.warning("OCI runtime \(runtime) not found; creating tasks will fail until it is installed")
+        }
+        try Files.makeDirectories(Files.dirname(address))
+        if let fd = try? UnixSocket.connect(address) {
+            fd.close()
+            throw RuntimeError(.failedPrecondition, "tetherd is already running at \(address)")
+        }
+        unlink(address)  // a stale socket from a manager that died
+
+        let layout = Layout(root: root, state: state)
+        let config = ManagerConfig(layout: layout, runtime: runtime, shimBinary: shimBinary, debugShims: debugShims, logger: logger)
+        let runtime = try await ShimRuntime.start(config)
+        try Files.writeAtomically(layout.pidFile, Array("\(getpid())\n".utf8), mode: 0o644)
+
+        let app = Application(
+            router: APIServer(runtime: runtime, logger: logger).router(),
+            configuration: .init(address: .unixDomainSocket(path: address), serverName: nil),
+            onServerRunning: { _ in
+                chmod(address, 0o600)
+                logger.info("tetherd \(TetherVersion.string) listening", metadata: ["address": "\(address)", "root": "\(layout.root)", "state": "\(layout.state)"])
+            },
+            logger: logger)
+        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        unlink(address)
+        unlink(layout.pidFile)
+        let running = (try? await runtime.tasks(namespace: defaultNamespace).count) ?? 0
+        logger.info("tetherd stopped; tasks keep running under their shims", metadata: ["tasks in default": "\(running)"])
+    }
+
+    private func findShim() -> String? {
+        if let shim { return Spawn.lookPath(shim) }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let sibling = Files.dirname(exe) + "/tether-shim"
+        if Files.exists(sibling) { return sibling }
+        return Spawn.lookPath("tether-shim")
+    }
+}

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CTether
+import Foundation
+import Testing
+import TetherManager
+import TetherRuntime
+import TetherSys
+
+@Suite("identifiers")
+struct IdentifierTests {
+    @Test("containerd's rules: alphanumerics joined by single . _ -, at most 76",
+          arguments: ["a", "t1", "A.b_c-d", "abc123", "x-y.z", String(repeating: "a", count: 76)])
+    func valid(_ id: String) {
+        #expect(Identifier.isValid(id))
+    }
+
+    @Test("anything else is refused, path tricks included",
+          arguments: ["", ".", "..", "a/b", "../x", "-a", "a-", "a..b", "a-_b", "a b", "é", "a\u{0}b",
+                      "_x", "x.", String(repeating: "a", count: 77), "/abs"])
+    func invalid(_ id: String) {
+        #expect(!Identifier.isValid(id))
+        #expect(throws: RuntimeError.self) { try Identifier.validate(id) }
+    }
+
+    @Test("the error says what is wrong")
+    func message() {
+        #expect(throws: RuntimeError(.invalidArgument, "invalid task ID \"a/b\": use letters and digits, joined by single '.', '_' or '-'")) {
+            try Identifier.validate("a/b")
+        }
+        #expect(throws: RuntimeError(.invalidArgument, "invalid task ID \"\(String(repeating: "a", count: 77))\": it is 77 characters long, the limit is 76")) {
+            try Identifier.validate(String(repeating: "a", count: 77))
+        }
+    }
+}
+
+@Suite("signals")
+struct SignalTests {
+    @Test("names with or without SIG, any case, and numbers")
+    func parse() throws {
+        #expect(try Signals.parse("TERM") == 15)
+        #expect(try Signals.parse("sigkill") == 9)
+        #expect(try Signals.parse("9") == 9)
+        #expect(try Signals.parse("RTMIN+2") == 36)
+        #expect(try Signals.parse("RTMAX") == 64)
+        #expect(Signals.name(15) == "TERM")
+    }
+
+    @Test("out of range and unknown signals are clear errors", arguments: ["0", "65", "-1", "FOO", "SIG", "RTMIN+40"])
+    func refused(_ s: String) {
+        #expect(throws: RuntimeError.self) { try Signals.parse(s) }
+    }
+
+    @Test("a death by signal is 128 + the signal, an exit is its code")
+    func exitStatusEncoding() throws {
+        for (script, want) in [("exit 3", Int32(3)), ("kill -TERM $$", 143), ("kill -KILL $$", 137)] {
+            let pid = try Spawn.spawn("/bin/sh", ["sh", "-c", script])
+            var status: Int32 = 0
+            #expect(tether_wait_pid(pid, &status) == pid)
+            #expect(tether_exit_code(status) == want, "\(script)")
+        }
+    }
+}
+
+@Suite("time")
+struct TimeTests {
+    @Test("RFC 3339 with nanoseconds, and back")
+    func roundTrip() throws {
+        #expect(RFC3339.format(seconds: 0, nanos: 5) == "1970-01-01T00:00:00.000000005Z")
+        #expect(RFC3339.format(seconds: 1_795_917_776, nanos: 600_472_626) == "2026-11-29T02:02:56.600472626Z")
+        let d = try #require(RFC3339.parse("2026-11-29T02:02:56.5Z"))
+        #expect(d.timeIntervalSince1970 == 1_795_917_776.5)
+        #expect(RFC3339.parse("2026-11-29T03:02:56+01:00")?.timeIntervalSince1970 == 1_795_917_776)
+        #expect(RFC3339.parse("yesterday") == nil)
+    }
+}
+
+@Suite("OCI specs")
+struct SpecTests {
+    @Test("the generated spec has the defaults runc spec and ctr run give")
+    func defaults() throws {
+        let data = SpecBuilder.specJSON(namespace: "default", id: "t1", process: .init(args: ["sh"], env: ["A=1", "PATH=/x"]))
+        let spec = try SpecBuilder.validate(data, source: "test")
+        let process = try #require(spec["process"] as? [String: Any])
+        #expect(process["noNewPrivileges"] as? Bool == true)
+        #expect(process["env"] as? [String] == ["A=1", "PATH=/x"])
+        let linux = try #require(spec["linux"] as? [String: Any])
+        let ns = (linux["namespaces"] as? [[String: String]])?.compactMap { $0["type"] }
+        #expect(Set(ns ?? []) == ["pid", "ipc", "uts", "mount", "network"])
+        let mounts = (spec["mounts"] as? [[String: Any]])?.compactMap { $0["destination"] as? String } ?? []
+        #expect(Set(["/proc", "/dev", "/sys"]).isSubset(of: Set(mounts)))
+        let caps = (process["capabilities"] as? [String: [String]])?["bounding"] ?? []
+        #expect(caps.contains("CAP_KILL") && !caps.contains("CAP_SYS_ADMIN"))
+    }
+
+    @Test("broken specs are refused with what is wrong")
+    func broken() {
+        #expect(throws: RuntimeError.self) { try SpecBuilder.validate(Data("{not json".utf8), source: "x") }
+        #expect(throws: RuntimeError(.invalidArgument, "x is not a JSON object: an OCI spec is one, see 'runc spec'")) {
+            try SpecBuilder.validate(Data("[1]".utf8), source: "x")
+        }
+        #expect(throws: RuntimeError(.invalidArgument, "x has no process.args: name the command to run")) {
+            try SpecBuilder.validate(Data(#"{"root":{"path":"r"}}"#.utf8), source: "x")
+        }
+    }
+}
+
+@Suite("state files")
+struct StateFileTests {
+    @Test("a task record of the first format (fewer fields) still loads")
+    func previousFormat() throws {
+        let dir = try makeTempDir()
+        defer { try? Files.removeTree(dir) }
+        let old = #"{"namespace":"default","id":"t1","bundle":"\#(dir)","phase":"running","pid":42}"#
+        try Files.writeAtomically("\(dir)/task.json", Array(old.utf8))
+        let r = try TaskRecord.load("\(dir)/task.json")
+        #expect(r.id == "t1" && r.pid == 42 && r.phase == .running)
+        #expect(r.exit == nil && r.ackedSeq == 0 && r.rootfs.isEmpty && r.runtime == "runc")
+    }
+
+    @Test("a record survives a save and a load, exit and time included")
+    func roundTrip() throws {
+        let dir = try makeTempDir()
+        defer { try? Files.removeTree(dir) }
+        var r = TaskRecord(namespace: "n", id: "i", instance: "x", runtime: "/usr/sbin/runc", bundle: dir,
+                           io: IO(stdout: "/o"), rootfs: [Mount(type: "bind", source: "/s", options: ["rbind"])],
+                           scratch: nil, phase: .stopped, createdAt: Date(timeIntervalSince1970: 1_700_000_000.25))
+        r.exit = Exit(pid: 7, status: 137, timestamp: Date(timeIntervalSince1970: 1_700_000_001.5))
+        r.ackedSeq = 3
+        try r.save()
+        #expect(try TaskRecord.load("\(dir)/task.json") == r)
+    }
+
+    @Test("removeTree refuses to cross into a mount")
+    func removeTreeStopsAtMounts() throws {
+        try #require(geteuid() == 0 || !inCI, "root is needed to mount")
+        guard geteuid() == 0 else { return }
+        let dir = try makeTempDir()
+        try Files.makeDirectories("\(dir)/keep")
+        try Files.writeAtomically("\(dir)/keep/precious", [1])
+        try Files.makeDirectories("\(dir)/victim/mnt")
+        #expect(tether_mount("\(dir)/keep", "\(dir)/victim/mnt", "none", UInt(MS_BIND), nil) == 0)
+        #expect(throws: SysError.self) { try Files.removeTree("\(dir)/victim") }
+        #expect(Files.exists("\(dir)/keep/precious"))
+        #expect(tether_umount("\(dir)/victim/mnt", 0) == 0)
+        try Files.removeTree(dir)
+        #expect(!Files.exists(dir))
+    }
+}
+
+var inCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
