@@ -13,18 +13,21 @@ public struct APIClient: Sendable {
         self.namespace = namespace
     }
 
-    private var tasksPath: String { "/v1/namespaces/\(namespace)/tasks" }
+    // Namespace and ID are checked here too, so that they can never change the request's path.
+    private func tasksPath() throws -> String {
+        try Identifier.validate(namespace, kind: "namespace")
+        return "/v1/namespaces/\(namespace)/tasks"
+    }
 
     private func taskPath(_ id: String) throws -> String {
-        // Checked here too, so that an ID can never change the request's path.
         try Identifier.validate(id, kind: "task ID")
-        return "\(tasksPath)/\(id)"
+        return "\(try tasksPath())/\(id)"
     }
 
     public func version() throws -> VersionView { try call("GET", "/v1/version") }
-    public func list() throws -> [TaskView] { try call("GET", tasksPath) }
+    public func list() throws -> [TaskView] { try call("GET", try tasksPath()) }
     public func get(_ id: String) throws -> TaskView { try call("GET", try taskPath(id)) }
-    public func create(_ req: CreateTaskRequest) throws -> TaskView { try call("POST", tasksPath, req) }
+    public func create(_ req: CreateTaskRequest) throws -> TaskView { try call("POST", try tasksPath(), req) }
     public func start(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/start") }
     public func wait(_ id: String) throws -> Exit { try call("POST", "\(try taskPath(id))/wait") }
     public func delete(_ id: String) throws -> Exit { try call("DELETE", try taskPath(id)) }

@@ -44,13 +44,14 @@ public final class ShimTask: RuntimeTask, Sendable {
     /// Half-created tasks are not shown to anyone.
     var isVisible: Bool { state.withLock { $0.record.phase != .creating && !$0.deleted } }
 
-    /// Changes the record and writes it to disk before returning.
+    /// Changes the record and writes it to disk before returning. The write
+    /// happens under the lock, so the file always holds the newest record
+    /// (saves never overtake each other). /run is a tmpfs: this is quick.
     func update(_ body: (inout TaskRecord) -> Void) throws {
-        let r = state.withLock { s in
+        try state.withLock { s in
             body(&s.record)
-            return s.record
+            try s.record.save()
         }
-        try r.save()
     }
 
     func attach(_ client: ShimClient) { state.withLock { $0.client = client } }
@@ -201,27 +202,27 @@ public final class ShimTask: RuntimeTask, Sendable {
     /// Takes an exit record from the shim: stores it, wakes the waiters, acks it.
     /// A record seen before (same or older seq) is only acked again.
     func apply(_ r: Tether_Shim_V1_ExitRecord) {
-        let (fresh, waiters, snapshot, client) = state.withLock {
-            s -> (Bool, [CheckedContinuation<Exit, Never>], TaskRecord, ShimClient?) in
-            guard r.seq > s.record.ackedSeq else { return (false, [], s.record, s.client) }
+        let (fresh, stored, waiters, exit, client) = state.withLock {
+            s -> (Bool, Bool, [CheckedContinuation<Exit, Never>], Exit?, ShimClient?) in
+            guard r.seq > s.record.ackedSeq else { return (false, true, [], s.record.exit, s.client) }
             s.record.ackedSeq = r.seq
             if r.execID.isEmpty && s.record.exit == nil {
                 s.record.exit = Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
                 if s.record.phase != .deleting { s.record.phase = .stopped }
             }
-            let w = s.record.exit == nil ? [] : s.exitWaiters
-            if !w.isEmpty { s.exitWaiters = [] }
-            return (true, w, s.record, s.client)
-        }
-        var stored = true
-        if fresh {
-            logger.info("process exited", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "exec": "\(r.execID)",
-                                                      "pid": "\(r.pid)", "status": "\(r.exitStatus)", "seq": "\(r.seq)"])
-            do { try snapshot.save() } catch {
+            var stored = true
+            do { try s.record.save() } catch {
                 stored = false
                 logger.error("cannot store exit record \(r.seq) of \(r.namespace)/\(r.id): \(error); the shim keeps it")
             }
-            if let exit = snapshot.exit { for w in waiters { w.resume(returning: exit) } }
+            let w = s.record.exit == nil ? [] : s.exitWaiters
+            if !w.isEmpty { s.exitWaiters = [] }
+            return (true, stored, w, s.record.exit, s.client)
+        }
+        if fresh {
+            logger.info("process exited", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "exec": "\(r.execID)",
+                                                      "pid": "\(r.pid)", "status": "\(r.exitStatus)", "seq": "\(r.seq)"])
+            if let exit { for w in waiters { w.resume(returning: exit) } }
         }
         guard stored, let client else { return }  // unacked, the shim keeps the record for the next reload
         var ack = Tether_Shim_V1_AckRequest()
@@ -263,11 +264,11 @@ public final class ShimTask: RuntimeTask, Sendable {
                 s.record.exit = exit
                 s.record.exitReason = "the task's shim died (killed or crashed); its container was killed"
                 s.record.phase = .stopped
+                do { try s.record.save() } catch { logger.error("cannot store the exit of \(r.namespace)/\(r.id): \(error)") }
                 let w = s.exitWaiters
                 s.exitWaiters = []
                 return w
             }
-            try? record.save()
             for w in waiters { w.resume(returning: exit) }
         }
         _ = await runtime.runRuntime(r.runtime, ["--root", runtime.layout.runtimeRoot(r.namespace), "delete", "--force", r.id])
@@ -277,17 +278,19 @@ public final class ShimTask: RuntimeTask, Sendable {
     // MARK: - delete
 
     func delete() async throws -> Exit {
-        let prior = try state.withLock { (s) throws(RuntimeError) -> TaskRecord.Phase in
+        let prior = try state.withLock { s -> TaskRecord.Phase in
             switch s.record.phase {
             case .creating: throw RuntimeError(.failedPrecondition, "task \"\(id)\" is still being created; try again")
             case .deleting: throw RuntimeError(.failedPrecondition, "task \"\(id)\" is already being deleted")
             default: break
             }
             let p = s.record.phase
-            s.record.phase = .deleting
+            var r = s.record
+            r.phase = .deleting
+            try r.save()  // before the side effect: a manager that dies now finds a delete under way
+            s.record = r
             return p
         }
-        try? record.save()
         let shimGone = state.withLock { $0.shimGone }
         var exit = record.exit
         if !shimGone {

@@ -34,6 +34,10 @@ public enum ShimMain {
         // reaper reads the blocked signals from a signalfd. SIGCHLD is never ignored.
         Reaper.blockSignals()
         _ = tether_ignore_signal(SIGPIPE)
+        // The runtime and the container inherit this: the usual 022, whatever
+        // the manager's own (its files are the owner's alone). Our own files
+        // are made with explicit modes.
+        umask(0o022)
         if getsid(0) != getpid() && setsid() < 0 {
             ShimLog.warn("setsid: \(SysError.last("setsid").message); staying in the caller's session")
         }

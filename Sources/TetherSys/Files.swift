@@ -2,18 +2,22 @@
 import Glibc
 #endif
 import CTether
+import Synchronization
 
 /// Files on disk: atomic writes, whole-file reads, directories made and
 /// removed without ever crossing into a mounted filesystem.
 public enum Files {
+    /// Makes temp names unique among the threads of this process.
+    private static let tmpCounter = Atomic<UInt64>(0)
+
     /// Writes `bytes` to `path` atomically: a temp file in the same directory,
     /// fsync, rename over `path`, fsync of the directory. A reader sees the old
     /// content or the new, never a torn file, even across a crash.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SysError) {
         let dir = dirname(path)
-        let tmp = "\(path).tmp-\(getpid())"
+        let tmp = "\(path).tmp-\(getpid())-\(tmpCounter.wrappingAdd(1, ordering: .relaxed).oldValue)"
         do {
-            let fd = try FD.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+            let fd = try FD.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: mode)
             try fd.writeAll(bytes)
             _ = try retrying("fsync", tmp) { fsync(fd.raw) }
             fd.close()

@@ -24,10 +24,11 @@ struct TaskOptions: ParsableArguments {
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
 
-    func validate() throws {
-        if rootfs != nil && bundle != nil { throw ValidationError("--rootfs and --bundle cannot be used together") }
-        if bundle == nil && command.isEmpty { throw ValidationError("no command given: name one after --, as in: tether run \(id) -- sh -c 'echo hi'") }
-        for e in env where !e.contains("=") { throw ValidationError("--env \(e) is not K=V") }
+    /// Checked in run(), not validate(), so a mistake is one line, not a usage page.
+    func check() throws {
+        if rootfs != nil && bundle != nil { throw UsageError("--rootfs and --bundle cannot be used together") }
+        if bundle == nil && command.isEmpty { throw UsageError("no command given: name one after --, as in: tether run \(id) -- sh -c 'echo hi'") }
+        for e in env where !e.contains("=") { throw UsageError("--env \(e) is not K=V") }
     }
 
     func request(io: IO) -> CreateTaskRequest {
@@ -48,12 +49,10 @@ struct Run: ParsableCommand {
     @Option(help: "Where to make the stdio FIFOs. Default: the socket's directory/fifo.") var fifoDir: String?
     @OptionGroup var task: TaskOptions
 
-    func validate() throws {
-        if rm && detach { throw ValidationError("--rm and --detach cannot be used together: a detached task is deleted with 'tether delete'") }
-    }
-
     func run() throws {
         try guarded {
+            try task.check()
+            if rm && detach { throw UsageError("--rm and --detach cannot be used together: a detached task is deleted with 'tether delete'") }
             let api = global.client
             if detach {
                 _ = try api.create(task.request(io: IO()))
@@ -92,6 +91,7 @@ struct Create: ParsableCommand {
 
     func run() throws {
         try guarded {
+            try task.check()
             let t = try global.client.create(task.request(io: IO()))
             print("\(t.id) \(t.pid)")
         }

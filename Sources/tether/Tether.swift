@@ -11,6 +11,28 @@ struct Tether: ParsableCommand {
         abstract: "Run and manage tasks through tetherd (each task under its own tether-shim).",
         version: TetherVersion.string,
         subcommands: [Run.self, Create.self, Start.self, List.self, StateCommand.self, Kill.self, Wait.self, Delete.self, Version.self])
+
+    /// Global options may come before the verb, as with ctr and podman
+    /// (`tether -n ns ls`): they are moved after it for the parser.
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var globals: [String] = []
+        while let first = args.first, first.hasPrefix("-") {
+            let name = first.split(separator: "=", maxSplits: 1)[0]
+            guard ["--address", "--namespace", "-n"].contains(name) else { break }
+            globals.append(args.removeFirst())
+            if !first.contains("="), !args.isEmpty { globals.append(args.removeFirst()) }
+        }
+        if !globals.isEmpty && !args.isEmpty { args.insert(contentsOf: globals, at: 1) }
+        else { args = globals + args }
+        main(args)
+    }
+}
+
+/// A mistake in how the CLI was called, reported in one line.
+struct UsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
 }
 
 /// --address and --namespace, for every verb.

@@ -63,12 +63,11 @@ struct Kill: ParsableCommand {
     @Flag(help: "Signal every process in the container, not just its init.") var all = false
     @Argument(help: "The task ID.") var id: String
 
-    func validate() throws {
-        do { _ = try Signals.parse(signal) } catch { throw ValidationError(error.message) }
-    }
-
     func run() throws {
-        try guarded { try global.client.kill(id, signal: signal, all: all) }
+        try guarded {
+            _ = try Signals.parse(signal)
+            try global.client.kill(id, signal: signal, all: all)
+        }
     }
 }
 

@@ -43,7 +43,9 @@ struct Tetherd: AsyncParsableCommand {
     }
 
     func run() async throws {
-        umask(0o077)  // sockets and state files are the owner's alone
+        // Sockets are born 0600 and state files are the owner's alone; every
+        // directory is made with an explicit mode. (Shims set 022 for containers.)
+        umask(0o177)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

@@ -132,6 +132,24 @@ struct StateFileTests {
         #expect(try TaskRecord.load("\(dir)/task.json") == r)
     }
 
+    @Test("concurrent atomic writes of one file all succeed and leave one whole version")
+    func concurrentAtomicWrites() async throws {
+        let dir = try makeTempDir()
+        defer { try? Files.removeTree(dir) }
+        let path = "\(dir)/f"
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<16 {
+                group.addTask {
+                    try await offPool { try Files.writeAtomically(path, Array(repeating: UInt8(65 + i), count: 4096)) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let bytes = try Files.read(path)
+        #expect(bytes.count == 4096 && Set(bytes).count == 1)
+        #expect(try Files.listDirectory(dir) == ["f"])  // no temp file left
+    }
+
     @Test("removeTree refuses to cross into a mount")
     func removeTreeStopsAtMounts() throws {
         try #require(geteuid() == 0 || !inCI, "root is needed to mount")

@@ -1,0 +1,266 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import TetherRuntime
+import TetherSys
+
+/// What the integration tests need: root, runc and the built binaries.
+/// Outside CI a missing prerequisite skips them; in CI (CI=true) it fails them.
+enum Prerequisites {
+    static var isRoot: Bool { geteuid() == 0 }
+    static var hasRunc: Bool { Spawn.lookPath("runc") != nil }
+    static var met: Bool { isRoot && hasRunc }
+    /// Integration suites run when the prerequisites are met, and always in CI (where they then fail).
+    static var runIntegration: Bool { met || inCI }
+
+    static func require() throws {
+        try #require(isRoot, "integration tests run containers: run them as root (scripts/test)")
+        try #require(hasRunc, "runc is not installed: scripts/setup installs it")
+        try #require(Files.exists("\(rootfs)/bin/sh"), "no test rootfs at \(rootfs): scripts/test builds it")
+    }
+
+    /// The busybox rootfs scripts/test builds.
+    static var rootfs: String {
+        ProcessInfo.processInfo.environment["TETHER_TEST_ROOTFS"] ?? "/tmp/tether-test-root/rootfs/busybox"
+    }
+
+    /// Where swift build put tetherd, tether and tether-shim.
+    static var binDir: String {
+        if let d = ProcessInfo.processInfo.environment["TETHER_BIN_DIR"] { return d }
+        let pkg = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return pkg.appendingPathComponent(".build/debug").path
+    }
+}
+
+struct CLIResult: Sendable, CustomStringConvertible {
+    var status: Int32
+    var out: String
+    var err: String
+    var description: String { "exit \(status), stdout \(out.debugDescription), stderr \(err.debugDescription)" }
+}
+
+/// Runs a program to completion with a deadline; returns its status and output.
+func runProgram(_ path: String, _ args: [String], env: [String: String] = [:], stdin: Data? = nil,
+                timeout: TimeInterval = 60) async throws -> CLIResult {
+    try await offPool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = stdin == nil ? FileHandle.nullDevice : input
+        let done = DispatchSemaphore(value: 0)
+        p.terminationHandler = { _ in done.signal() }
+        try p.run()
+        if let stdin {
+            input.fileHandleForWriting.write(stdin)
+            try? input.fileHandleForWriting.close()
+        }
+        let o = ReadAll(out.fileHandleForReading), e = ReadAll(err.fileHandleForReading)
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            kill(p.processIdentifier, SIGKILL)
+            done.wait()
+            Issue.record("\(path) \(args) did not finish within \(timeout) s")
+        }
+        return CLIResult(status: p.terminationStatus, out: o.wait(), err: e.wait())
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+final class ReadAll: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ h: FileHandle) {
+        Thread.detachNewThread { [self] in
+            data = h.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+
+    func wait() -> String {
+        done.wait()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// A tetherd of the test's own: its own root, state, socket and runc roots
+/// under /tmp/tt-XXXXXX, the test rootfs linked in as the default rootfs.
+/// `finish()` stops it and fails the test if anything was left behind.
+final class TestDaemon: @unchecked Sendable {
+    let dir: String
+    var root: String { "\(dir)/root" }
+    var state: String { "\(dir)/state" }
+    var address: String { "\(state)/tetherd.sock" }
+    private(set) var process: Process?
+    private var log: ReadLines?
+    private var extraArgs: [String]
+
+    init(_ extraArgs: [String] = []) async throws {
+        try Prerequisites.require()
+        dir = try makeTempDir()
+        self.extraArgs = extraArgs
+        try Files.makeDirectories("\(root)/rootfs")
+        symlink(Prerequisites.rootfs, "\(root)/rootfs/busybox")
+        try await start()
+    }
+
+    /// Starts tetherd and waits for its "listening" line (20 s at most).
+    func start(_ args: [String]? = nil) async throws {
+        if let args { extraArgs = args }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "\(Prerequisites.binDir)/tetherd")
+        p.arguments = ["--root", root, "--state", state, "--log-level", "debug"] + extraArgs
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let lines = ReadLines(err.fileHandleForReading)
+        log = lines
+        let up = try await offPool { lines.waitFor("tetherd \(TetherVersion.string) listening", timeout: 20) }
+        try #require(up, "tetherd did not start: \(lines.text)")
+    }
+
+    var logText: String { log?.text ?? "" }
+
+    /// SIGTERM, and wait for tetherd to exit.
+    func stop() async throws {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        try await offPool { p.waitUntilExit() }
+        process = nil
+    }
+
+    func kill9() async throws {
+        guard let p = process else { return }
+        kill(p.processIdentifier, SIGKILL)
+        try await offPool { p.waitUntilExit() }
+        process = nil
+    }
+
+    var pid: Int32 { process?.processIdentifier ?? 0 }
+
+    /// `tether ARGS` against this daemon.
+    func tether(_ args: String..., stdin: Data? = nil, timeout: TimeInterval = 60) async throws -> CLIResult {
+        try await runProgram("\(Prerequisites.binDir)/tether", args, env: ["TETHER_ADDRESS": address], stdin: stdin, timeout: timeout)
+    }
+
+    func bundle(_ id: String, namespace: String = "default") -> String { "\(state)/tasks/\(namespace)/\(id)" }
+
+    func shimPid(_ id: String, namespace: String = "default") -> Int32? {
+        (try? Files.readString("\(bundle(id, namespace: namespace))/shim.pid")).flatMap { Int32($0.filter(\.isNumber)) }
+    }
+
+    /// Processes whose command line mentions this daemon's directory (shims).
+    func shims() -> [Int32] {
+        processes { $0.contains("tether-shim") && $0.contains(dir) }
+    }
+
+    /// Containers runc knows under this daemon's runc roots.
+    func containers() -> [String] {
+        var out: [String] = []
+        for ns in (try? Files.listDirectory("\(state)/runc")) ?? [] {
+            for id in (try? Files.listDirectory("\(state)/runc/\(ns)")) ?? [] { out.append("\(ns)/\(id)") }
+        }
+        return out
+    }
+
+    /// Stops tetherd and checks that the test left no task, shim, container,
+    /// mount or directory; anything found is a test failure, then cleaned up.
+    func finish() async throws {
+        if process == nil { try await start() }
+        let left = try await tether("ls", "-q").out.split(separator: "\n")
+        for id in left {
+            Issue.record("the test left task \(id) behind")
+            _ = try await tether("kill", "-s", "KILL", String(id))
+            _ = try await tether("delete", String(id))
+        }
+        try await stop()
+        for pid in shims() {
+            Issue.record("tether-shim \(pid) still running after the test")
+            kill(pid, SIGKILL)
+        }
+        for c in containers() {
+            Issue.record("runc container \(c) left behind")
+            let parts = c.split(separator: "/")
+            _ = try await runProgram(Spawn.lookPath("runc")!, ["--root", "\(state)/runc/\(parts[0])", "delete", "--force", String(parts[1])])
+        }
+        for m in Files.mounts(under: dir) {
+            Issue.record("mount \(m) left behind")
+            umount2(m, Int32(MNT_DETACH))
+        }
+        try Files.removeTree(dir)
+    }
+}
+
+/// Lines of a pipe as they come; lets a test wait for one.
+final class ReadLines: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var buffer = ""
+    private var closed = false
+
+    init(_ h: FileHandle) {
+        Thread.detachNewThread { [self] in
+            while true {
+                let d = h.availableData
+                lock.lock()
+                if d.isEmpty { closed = true } else { buffer += String(decoding: d, as: UTF8.self) }
+                lock.broadcast()
+                lock.unlock()
+                if d.isEmpty { return }
+            }
+        }
+    }
+
+    var text: String { lock.lock(); defer { lock.unlock() }; return buffer }
+
+    /// Waits until `needle` has appeared (true) or the pipe closed or time ran out (false).
+    func waitFor(_ needle: String, timeout: TimeInterval) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while !buffer.contains(needle) {
+            if closed || !lock.wait(until: deadline) { return buffer.contains(needle) }
+        }
+        return true
+    }
+}
+
+/// Pids of processes whose command line matches.
+func processes(_ match: (String) -> Bool) -> [Int32] {
+    ((try? Files.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter { pid in
+        guard let raw = try? Files.read("/proc/\(pid)/cmdline") else { return false }
+        return match(String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self))
+    }
+}
+
+/// A field of /proc/PID/stat (1-based, as in proc(5)); 3 is the state letter.
+func procStat(_ pid: Int32, field: Int) -> String? {
+    guard let s = try? Files.readString("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return nil }
+    let rest = s[s.index(close, offsetBy: 2)...].split(separator: " ")
+    return field >= 3 && field - 3 < rest.count ? String(rest[field - 3]) : nil
+}
+
+/// Children of `pid` that are zombies.
+func zombieChildren(of pid: Int32) -> [Int32] {
+    ((try? Files.listDirectory("/proc")) ?? []).compactMap { Int32($0) }.filter {
+        procStat($0, field: 4) == String(pid) && procStat($0, field: 3) == "Z"
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `seconds` pass. For facts
+/// no event announces (another process reaped a child); returns the last check.
+func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(nanoseconds: 10_000_000)
+    }
+    return condition()
+}
