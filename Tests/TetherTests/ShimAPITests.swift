@@ -1,0 +1,56 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SwiftProtobuf
+import Testing
+import TTRPC
+import TetherProto
+import TetherSys
+
+/// The shim's ttrpc API as containerd would call it, straight on its socket.
+@Suite("the shim's task API over ttrpc", .serialized, .enabled(if: Prerequisites.runIntegration), .timeLimit(.minutes(2)))
+struct ShimAPITests {
+    @Test("Connect, State and Wait answer; the methods of later work say 'not implemented yet' by name")
+    func taskService() async throws {
+        try await withDaemon { d in
+            #expect(try await d.tether("run", "-d", "s1", "--", "sleep", "100").status == 0)
+            let shim = try #require(d.shimPid("s1"))
+            let socket = "\(d.bundle("s1"))/shim.sock"
+            try await offPool {
+                let c = try TTRPCBlockingClient(socketPath: socket)
+                defer { c.close() }
+                var connect = Containerd_Task_V2_ConnectRequest()
+                connect.id = "s1"
+                let info = try c.call("containerd.task.v2.Task", "Connect", connect, as: Containerd_Task_V2_ConnectResponse.self)
+                #expect(info.shimPid == UInt32(shim) && info.taskPid > 0 && info.version.hasPrefix("tether-shim"))
+
+                var state = Containerd_Task_V2_StateRequest()
+                state.id = "s1"
+                let s = try c.call("containerd.task.v2.Task", "State", state, as: Containerd_Task_V2_StateResponse.self)
+                #expect(s.status == .running && s.pid == info.taskPid && s.bundle == d.bundle("s1"))
+
+                state.id = "other"
+                #expect(throws: RPCError.self) {
+                    try c.call("containerd.task.v2.Task", "State", state, as: Containerd_Task_V2_StateResponse.self)
+                }
+                var pause = Containerd_Task_V2_PauseRequest()
+                pause.id = "s1"
+                #expect(throws: RPCError(.unimplemented, "Pause is not implemented yet by tether-shim 0.1.0")) {
+                    try c.call("containerd.task.v2.Task", "Pause", pause, as: Google_Protobuf_Empty.self)
+                }
+                var kill = Containerd_Task_V2_KillRequest()
+                kill.id = "s1"
+                kill.signal = 9
+                _ = try c.call("containerd.task.v2.Task", "Kill", kill, as: Google_Protobuf_Empty.self)
+                var wait = Containerd_Task_V2_WaitRequest()
+                wait.id = "s1"
+                let w = try c.call("containerd.task.v2.Task", "Wait", wait, as: Containerd_Task_V2_WaitResponse.self)
+                #expect(w.exitStatus == 137 && w.exitedAt.seconds > 0)
+            }
+            #expect(try await d.tether("wait", "s1").status == 137)
+            #expect(try await d.tether("delete", "s1").status == 0)
+            #expect(await eventually { kill(shim, 0) != 0 }, "the shim should exit after delete")
+        }
+    }
+}
