@@ -88,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherClient", "TetherAPI", "TetherSys",
+                "TetherClient", "TetherAPI", "TetherSys", "CTether",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

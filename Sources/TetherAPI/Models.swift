@@ -16,10 +16,15 @@ public struct CreateTaskRequest: Codable, Sendable {
     public var bundle: String?
     /// A whole OCI spec; its root.path must be absolute.
     public var spec: JSONValue?
+    /// Paths the shim opens for stdio (FIFOs or files), or
     public var io: IO?
+    /// FIFOs the manager makes and keeps for the task's life, to attach to.
+    public var fifos: FifoRequest?
+    /// Also write stdout and stderr to a log file (CRI format).
+    public var log: LogRequest?
 
     public init(id: String, args: [String]? = nil, env: [String]? = nil, cwd: String? = nil, rootfs: String? = nil,
-                bundle: String? = nil, spec: JSONValue? = nil, io: IO? = nil) {
+                bundle: String? = nil, spec: JSONValue? = nil, io: IO? = nil, fifos: FifoRequest? = nil, log: LogRequest? = nil) {
         self.id = id
         self.args = args
         self.env = env
@@ -28,6 +33,82 @@ public struct CreateTaskRequest: Codable, Sendable {
         self.bundle = bundle
         self.spec = spec
         self.io = io
+        self.fifos = fifos
+        self.log = log
+    }
+}
+
+/// Asks the manager for stdio FIFOs in the task's bundle: stdout and stderr
+/// always, stdin when asked; with a terminal, stdout carries both.
+public struct FifoRequest: Codable, Sendable {
+    public var stdin: Bool?
+    public var terminal: Bool?
+
+    public init(stdin: Bool = false, terminal: Bool = false) {
+        self.stdin = stdin
+        self.terminal = terminal
+    }
+}
+
+public struct LogRequest: Codable, Sendable {
+    /// An absolute path; its directory must exist.
+    public var path: String
+    /// Rotate to PATH.1 past this many bytes; absent or 0 never rotates.
+    public var maxSize: UInt64?
+
+    public init(path: String, maxSize: UInt64? = nil) {
+        self.path = path
+        self.maxSize = maxSize
+    }
+}
+
+/// POST /v1/namespaces/{ns}/tasks/{id}/execs
+public struct ExecRequest: Codable, Sendable {
+    /// The exec's ID (containerd's identifier rules); the server picks one when absent.
+    public var execID: String?
+    public var args: [String]
+    public var env: [String]?
+    public var cwd: String?
+    public var io: IO?
+    public var fifos: FifoRequest?
+
+    public init(execID: String? = nil, args: [String], env: [String]? = nil, cwd: String? = nil, io: IO? = nil, fifos: FifoRequest? = nil) {
+        self.execID = execID
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.io = io
+        self.fifos = fifos
+    }
+}
+
+/// An exec'd process.
+public struct ProcessView: Codable, Sendable {
+    public var taskID: String
+    public var execID: String
+    public var pid: UInt32
+    public var status: Status
+    public var exit: Exit?
+    public var io: IO
+
+    public init(taskID: String, execID: String, pid: UInt32, status: Status, exit: Exit?, io: IO) {
+        self.taskID = taskID
+        self.execID = execID
+        self.pid = pid
+        self.status = status
+        self.exit = exit
+        self.io = io
+    }
+}
+
+/// POST .../resize
+public struct ResizeRequest: Codable, Sendable {
+    public var width: UInt32
+    public var height: UInt32
+
+    public init(width: UInt32, height: UInt32) {
+        self.width = width
+        self.height = height
     }
 }
 

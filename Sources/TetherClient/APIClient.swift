@@ -36,6 +36,32 @@ public struct APIClient: Sendable {
         let _: Empty = try call("POST", "\(try taskPath(id))/kill", KillRequest(signal: .name(signal), all: all))
     }
 
+    public func resize(_ id: String, execID: String? = nil, width: UInt32, height: UInt32) throws {
+        let _: Empty = try call("POST", "\(try processPath(id, execID))/resize", ResizeRequest(width: width, height: height))
+    }
+
+    public func closeIO(_ id: String, execID: String? = nil) throws {
+        let _: Empty = try call("POST", "\(try processPath(id, execID))/closeio")
+    }
+
+    // MARK: execs
+
+    public func exec(_ id: String, _ req: ExecRequest) throws -> ProcessView { try call("POST", "\(try taskPath(id))/execs", req) }
+    public func getExec(_ id: String, _ execID: String) throws -> ProcessView { try call("GET", try processPath(id, execID)) }
+    public func startExec(_ id: String, _ execID: String) throws -> ProcessView { try call("POST", "\(try processPath(id, execID))/start") }
+    public func waitExec(_ id: String, _ execID: String) throws -> Exit { try call("POST", "\(try processPath(id, execID))/wait") }
+    public func deleteExec(_ id: String, _ execID: String) throws -> Exit { try call("DELETE", try processPath(id, execID)) }
+
+    public func killExec(_ id: String, _ execID: String, signal: String) throws {
+        let _: Empty = try call("POST", "\(try processPath(id, execID))/kill", KillRequest(signal: .name(signal)))
+    }
+
+    private func processPath(_ id: String, _ execID: String?) throws -> String {
+        guard let execID else { return try taskPath(id) }
+        try Identifier.validate(execID, kind: "exec ID")
+        return "\(try taskPath(id))/execs/\(execID)"
+    }
+
     private struct Empty: Decodable {}
 
     private func call<T: Decodable>(_ method: String, _ path: String, _ body: (some Encodable)? = Optional<Int>.none) throws -> T {

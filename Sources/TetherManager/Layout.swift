@@ -18,6 +18,16 @@ public struct Layout: Sendable {
     }
 
     public var exitFifo: String { "\(state)/exits.fifo" }
+
+    /// The cgroup tasks go under: /tether for the default state directory,
+    /// /tether-HASH for any other, so that two managers never share a task's
+    /// cgroup (runc's kill --all and delete --force act on the whole cgroup).
+    public var cgroupParent: String {
+        if state == "/run/tether" { return "/tether" }
+        var h: UInt32 = 2_166_136_261  // FNV-1a
+        for b in state.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
+        return "/tether-" + String(h, radix: 16)
+    }
     public var pidFile: String { "\(state)/tetherd.pid" }
     public var tasksDir: String { "\(state)/tasks" }
     public var defaultRootfs: String { "\(root)/rootfs/busybox" }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import SwiftProtobuf
 import Synchronization
 import TTRPC
 import TetherProto
@@ -111,6 +112,7 @@ public final class ShimRuntime: Runtime, Sendable {
             }
             try Files.makeDirectories(bundle)
             try Files.makeDirectories("\(bundle)/rootfs", mode: 0o755)
+            try makeFifos(opts.io, bundle: bundle)
             try Files.writeAtomically("\(bundle)/config.json", Array(opts.spec), mode: 0o600)
             try Files.makeDirectories(layout.runtimeRoot(namespace))
             try record.save()
@@ -130,11 +132,13 @@ public final class ShimRuntime: Runtime, Sendable {
             req.stdin = opts.io.stdin
             req.stdout = opts.io.stdout
             req.stderr = opts.io.stderr
+            if let options = opts.options { req.options = try Self.shimOptions(options) }
             let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: .seconds(120))
             try task.update { r in
                 r.pid = resp.pid
                 r.phase = .created
             }
+            task.finishCreate()
             logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shimPid)"])
             return task
         } catch {
@@ -189,6 +193,49 @@ public final class ShimRuntime: Runtime, Sendable {
             return
         }
         t.apply(r)
+    }
+
+    /// CreateOpts.options (JSON: `{"logPath": "...", "logMaxSize": N}`) as the shim's Any.
+    static func shimOptions(_ json: Data) throws -> Google_Protobuf_Any {
+        var decoding = JSONDecodingOptions()
+        decoding.ignoreUnknownFields = false
+        let o: Tether_Shim_V1_CreateOptions
+        do { o = try Tether_Shim_V1_CreateOptions(jsonUTF8Bytes: Array(json), options: decoding) } catch {
+            throw RuntimeError(.invalidArgument, "the task's options are not {\"logPath\": ..., \"logMaxSize\": ...}: \(error)")
+        }
+        if !o.logPath.isEmpty {
+            guard o.logPath.hasPrefix("/") else { throw RuntimeError(.invalidArgument, "log path \(o.logPath) is not absolute") }
+            guard Files.isDirectory(Files.dirname(o.logPath)) else {
+                throw RuntimeError(.invalidArgument, "the log's directory \(Files.dirname(o.logPath)) does not exist")
+            }
+        }
+        var any = Google_Protobuf_Any()
+        any.typeURL = "types.tether.dev/tether.shim.v1.CreateOptions"
+        any.value = try o.serializedData()
+        return any
+    }
+
+    // MARK: - stdio FIFOs the manager owns
+
+    /// IO paths for FIFOs the manager makes in the task's bundle (and removes
+    /// with it): clients attach to them, detach, and attach again. stdout and
+    /// stderr always; stdin when asked; a terminal merges stderr into stdout.
+    public func fifoIO(namespace: String, id: String, execID: String? = nil, stdin: Bool, terminal: Bool) -> IO {
+        let base = "\(layout.bundle(namespace, id))/io/\(execID.map { "exec-\($0)" } ?? "init")"
+        return IO(stdin: stdin ? "\(base).stdin" : "", stdout: "\(base).stdout",
+                  stderr: terminal ? "" : "\(base).stderr", terminal: terminal)
+    }
+
+    /// Makes the FIFOs of `io` that lie in the bundle's io/ directory.
+    func makeFifos(_ io: IO, bundle: String) throws {
+        for path in [io.stdin, io.stdout, io.stderr] where path.hasPrefix("\(bundle)/io/") {
+            try Files.makeDirectories("\(bundle)/io")
+            try Files.makeFifo(path)
+        }
+    }
+
+    func removeFifos(_ io: IO, bundle: String) {
+        for path in [io.stdin, io.stdout, io.stderr] where path.hasPrefix("\(bundle)/io/") { unlink(path) }
     }
 
     // MARK: - helpers
@@ -267,7 +314,9 @@ public final class ShimRuntime: Runtime, Sendable {
             return
         }
         guard alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) else {
+            logger.warning("the shim of a task is gone", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
             task.shimExited(code: nil)
+            await task.cleanUpAfterDeadShim().value
             return
         }
         task.attach(client)

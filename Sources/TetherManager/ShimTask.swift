@@ -21,9 +21,16 @@ public final class ShimTask: RuntimeTask, Sendable {
         var record: TaskRecord
         var client: ShimClient?
         var exitWaiters: [CheckedContinuation<Exit, Never>] = []
+        var execWaiters: [String: [CheckedContinuation<Exit, Never>]] = [:]
         var shimGone = false
-        var shimWaiters: [CheckedContinuation<Void, Never>] = []
+        var shimWaiters: [@Sendable () -> Void] = []
+        /// A create (or the reload of a half-created task) is in flight in this manager.
+        var creating = false
+        /// A delete is in flight in this manager.
+        var deleting = false
         var deleted = false
+        /// The clean-up after a dead shim, once started (it runs once).
+        var cleanup: Task<Void, Never>?
     }
 
     private unowned let runtime: ShimRuntime
@@ -32,8 +39,13 @@ public final class ShimTask: RuntimeTask, Sendable {
     init(runtime: ShimRuntime, record: TaskRecord, spec: Data) {
         self.runtime = runtime
         info = TaskInfo(id: record.id, runtime: runtime.id, spec: spec, namespace: record.namespace)
-        state = Mutex(State(record: record))
+        var s = State(record: record)
+        s.creating = record.phase == .creating
+        state = Mutex(s)
     }
+
+    /// The create succeeded: the task is visible and its shim's death is news.
+    func finishCreate() { state.withLock { $0.creating = false } }
 
     var record: TaskRecord { state.withLock { $0.record } }
 
@@ -42,7 +54,7 @@ public final class ShimTask: RuntimeTask, Sendable {
     var logger: Logger { runtime.logger }
 
     /// Half-created tasks are not shown to anyone.
-    var isVisible: Bool { state.withLock { $0.record.phase != .creating && !$0.deleted } }
+    var isVisible: Bool { state.withLock { !$0.creating && $0.record.phase != .creating && !$0.deleted } }
 
     /// Changes the record and writes it to disk before returning. The write
     /// happens under the lock, so the file always holds the newest record
@@ -156,18 +168,41 @@ public final class ShimTask: RuntimeTask, Sendable {
 
     public func exec(id execID: String, _ opts: ExecOpts) async throws -> any RuntimeProcess {
         try Identifier.validate(execID, kind: "exec ID")
-        var req = Containerd_Task_V2_ExecProcessRequest()
-        req.id = id
-        req.execID = execID
-        req.terminal = opts.io.terminal
-        req.stdin = opts.io.stdin
-        req.stdout = opts.io.stdout
-        req.stderr = opts.io.stderr
-        req.spec = .init()
-        req.spec.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-        req.spec.value = opts.spec
-        let _: Google_Protobuf_Empty = try await rpc("Exec", req)
-        throw RuntimeError(.notImplemented, "exec'd processes are not implemented yet")
+        if record.exit != nil { throw RuntimeError.processAlreadyExited(id) }
+        try state.withLock { s in
+            guard s.record.execs[execID] == nil else {
+                throw RuntimeError(.containerExists, "exec ID \"\(execID)\" is already in use in task \"\(id)\"")
+            }
+            s.record.execs[execID] = ExecRecord(io: opts.io)
+            try s.record.save()
+        }
+        do {
+            try runtime.makeFifos(opts.io, bundle: record.bundle)
+            var req = Containerd_Task_V2_ExecProcessRequest()
+            req.id = id
+            req.execID = execID
+            req.terminal = opts.io.terminal
+            req.stdin = opts.io.stdin
+            req.stdout = opts.io.stdout
+            req.stderr = opts.io.stderr
+            req.spec.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+            req.spec.value = opts.spec
+            let _: Google_Protobuf_Empty = try await rpc("Exec", req)
+        } catch {
+            forgetExec(execID)
+            throw error
+        }
+        return ShimExec(task: self, id: execID)
+    }
+
+    /// Drops an exec from the record and removes the FIFOs the manager made for it.
+    private func forgetExec(_ execID: String) {
+        let io = state.withLock { s -> IO? in
+            let io = s.record.execs.removeValue(forKey: execID)?.io
+            try? s.record.save()
+            return io
+        }
+        if let io { runtime.removeFifos(io, bundle: record.bundle) }
     }
 
     public func checkpoint(path: String, options: Data?) async throws {
@@ -178,11 +213,16 @@ public final class ShimTask: RuntimeTask, Sendable {
     }
 
     public func deleteProcess(id execID: String) async throws -> Exit {
+        guard record.execs[execID] != nil else { throw RuntimeError(.containerDoesNotExist, "no exec \"\(execID)\" in task \"\(id)\"") }
         var req = Containerd_Task_V2_DeleteRequest()
         req.id = id
         req.execID = execID
         let r = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self)
-        return Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
+        let exit = record.execs[execID]?.exit ?? Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
+        forgetExec(execID)
+        let waiters = state.withLock { $0.execWaiters.removeValue(forKey: execID) ?? [] }
+        for w in waiters { w.resume(returning: exit) }
+        return exit
     }
 
     public func update(resources: Data) async throws {
@@ -194,31 +234,64 @@ public final class ShimTask: RuntimeTask, Sendable {
     }
 
     public func process(id execID: String) async throws -> any RuntimeProcess {
-        throw RuntimeError(.notImplemented, "exec'd processes are not implemented yet")
+        guard record.execs[execID] != nil else { throw RuntimeError(.containerDoesNotExist, "no exec \"\(execID)\" in task \"\(id)\"") }
+        return ShimExec(task: self, id: execID)
     }
+
+    /// Waits for an exec's exit (from its record, or the exit pipe).
+    func waitExec(_ execID: String) async throws -> Exit {
+        guard execRecord(execID) != nil else { throw RuntimeError(.containerDoesNotExist, "no exec \"\(execID)\" in task \"\(id)\"") }
+        return await withCheckedContinuation { (c: CheckedContinuation<Exit, Never>) in
+            let done = state.withLock { s -> Exit? in
+                if let exit = s.record.execs[execID]?.exit { return exit }
+                s.execWaiters[execID, default: []].append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    /// Wakes every exec waiter (the task is gone): with the exec's exit, else `fallback`.
+    private func releaseExecWaiters(fallback: Exit) {
+        let (waiters, execs) = state.withLock { s in
+            defer { s.execWaiters = [:] }
+            return (s.execWaiters, s.record.execs)
+        }
+        for (execID, list) in waiters {
+            for w in list { w.resume(returning: execs[execID]?.exit ?? fallback) }
+        }
+    }
+
+    func execRecord(_ execID: String) -> ExecRecord? { state.withLock { $0.record.execs[execID] } }
 
     // MARK: - exits
 
     /// Takes an exit record from the shim: stores it, wakes the waiters, acks it.
     /// A record seen before (same or older seq) is only acked again.
     func apply(_ r: Tether_Shim_V1_ExitRecord) {
+        var execWoken: ([CheckedContinuation<Exit, Never>], Exit)?
         let (fresh, stored, waiters, exit, client) = state.withLock {
             s -> (Bool, Bool, [CheckedContinuation<Exit, Never>], Exit?, ShimClient?) in
             guard r.seq > s.record.ackedSeq else { return (false, true, [], s.record.exit, s.client) }
             s.record.ackedSeq = r.seq
+            let exit = Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
             if r.execID.isEmpty && s.record.exit == nil {
-                s.record.exit = Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
+                s.record.exit = exit
                 if s.record.phase != .deleting { s.record.phase = .stopped }
+            } else if !r.execID.isEmpty && s.record.execs[r.execID] != nil && s.record.execs[r.execID]?.exit == nil {
+                s.record.execs[r.execID]?.exit = exit
+                execWoken = (s.execWaiters.removeValue(forKey: r.execID) ?? [], exit)
             }
             var stored = true
             do { try s.record.save() } catch {
                 stored = false
                 logger.error("cannot store exit record \(r.seq) of \(r.namespace)/\(r.id): \(error); the shim keeps it")
             }
-            let w = s.record.exit == nil ? [] : s.exitWaiters
+            let w = s.record.exit == nil || !r.execID.isEmpty ? [] : s.exitWaiters
             if !w.isEmpty { s.exitWaiters = [] }
             return (true, stored, w, s.record.exit, s.client)
         }
+        if let (waiters, exit) = execWoken { for w in waiters { w.resume(returning: exit) } }
         if fresh {
             logger.info("process exited", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "exec": "\(r.execID)",
                                                       "pid": "\(r.pid)", "status": "\(r.exitStatus)", "seq": "\(r.seq)"])
@@ -242,18 +315,29 @@ public final class ShimTask: RuntimeTask, Sendable {
             s.shimGone = true
             let w = s.shimWaiters
             s.shimWaiters = []
-            return (w, s.deleted || s.record.phase == .deleting || s.record.phase == .creating)
+            return (w, s.deleted || s.creating || s.deleting)
         }
-        for w in waiters { w.resume() }
+        for w in waiters { w() }
         state.withLock { $0.client }?.close()
-        if expected { return }
+        if expected { return }  // the create or delete under way deals with it
         logger.warning("shim died", metadata: ["namespace": "\(info.namespace)", "id": "\(id)", "code": "\(code.map(String.init) ?? "?")"])
-        Task { await handleDeadShim() }
+        cleanUpAfterDeadShim()
     }
 
     /// A shim died under a live task: take any exit it recorded on disk,
-    /// else record 137; kill what is left of the container; unmount.
-    func handleDeadShim() async {
+    /// else record 137 with a reason; kill what is left of the container;
+    /// unmount. Runs once, however many ask; they all get the same task.
+    @discardableResult
+    func cleanUpAfterDeadShim() -> Task<Void, Never> {
+        state.withLock { s in
+            if let t = s.cleanup { return t }
+            let t = Task { await deadShimCleanup() }
+            s.cleanup = t
+            return t
+        }
+    }
+
+    private func deadShimCleanup() async {
         let r = record
         for pending in ExitFiles.read("\(r.bundle)/exits") where pending.instance == r.instance {
             apply(pending)
@@ -263,7 +347,7 @@ public final class ShimTask: RuntimeTask, Sendable {
             let waiters = state.withLock { s in
                 s.record.exit = exit
                 s.record.exitReason = "the task's shim died (killed or crashed); its container was killed"
-                s.record.phase = .stopped
+                if s.record.phase != .deleting { s.record.phase = .stopped }
                 do { try s.record.save() } catch { logger.error("cannot store the exit of \(r.namespace)/\(r.id): \(error)") }
                 let w = s.exitWaiters
                 s.exitWaiters = []
@@ -271,6 +355,7 @@ public final class ShimTask: RuntimeTask, Sendable {
             }
             for w in waiters { w.resume(returning: exit) }
         }
+        releaseExecWaiters(fallback: Exit(pid: 0, status: 137, timestamp: Date()))
         _ = await runtime.runRuntime(r.runtime, ["--root", runtime.layout.runtimeRoot(r.namespace), "delete", "--force", r.id])
         for m in Files.mounts(under: r.bundle) { _ = tether_umount(m, Int32(MNT_DETACH)) }
     }
@@ -279,51 +364,56 @@ public final class ShimTask: RuntimeTask, Sendable {
 
     func delete() async throws -> Exit {
         let prior = try state.withLock { s -> TaskRecord.Phase in
-            switch s.record.phase {
-            case .creating: throw RuntimeError(.failedPrecondition, "task \"\(id)\" is still being created; try again")
-            case .deleting: throw RuntimeError(.failedPrecondition, "task \"\(id)\" is already being deleted")
-            default: break
-            }
+            if s.creating { throw RuntimeError(.failedPrecondition, "task \"\(id)\" is still being created; try again") }
+            if s.deleting || s.deleted { throw RuntimeError(.failedPrecondition, "task \"\(id)\" is already being deleted") }
+            // A `deleting` phase on disk is a delete an earlier manager did not finish: finish it.
             let p = s.record.phase
             var r = s.record
             r.phase = .deleting
             try r.save()  // before the side effect: a manager that dies now finds a delete under way
             s.record = r
+            s.deleting = true
             return p
         }
-        let shimGone = state.withLock { $0.shimGone }
-        var exit = record.exit
-        if !shimGone {
+        var shimDead = state.withLock { $0.shimGone }
+        var fromShim: Exit?
+        if !shimDead {
             var req = Containerd_Task_V2_DeleteRequest()
             req.id = id
             do {
                 let resp = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self, timeout: .seconds(60))
-                if exit == nil { exit = Exit(pid: resp.pid, status: resp.exitStatus, timestamp: resp.exitedAt.date) }
-            } catch let e as RuntimeError where e.code != .unavailable {
-                try? update { $0.phase = prior }
-                throw e
+                fromShim = Exit(pid: resp.pid, status: resp.exitStatus, timestamp: resp.exitedAt.date)
+            } catch let e as RuntimeError where e.code == .unavailable {
+                shimDead = true  // it died or hangs: clean up without it
+            } catch {
+                state.withLock { s in
+                    s.deleting = false
+                    s.record.phase = prior
+                    try? s.record.save()
+                }
+                throw error
             }
-        } else {
-            await awaitDeadShimCleanup()
-            exit = record.exit
         }
-        let final = exit ?? Exit(pid: record.pid, status: 137, timestamp: Date())
-        await stopShim(now: false)
-        try runtime.removeBundle(record.bundle)
+        if shimDead { await cleanUpAfterDeadShim().value }
+        let final = record.exit ?? fromShim ?? Exit(pid: record.pid, status: 137, timestamp: Date())
+        await stopShim(now: shimDead)
+        do {
+            try runtime.removeBundle(record.bundle)
+        } catch {
+            state.withLock { $0.deleting = false }
+            throw RuntimeError(.internal, "task \"\(id)\" is deleted but its state directory is not: \(error)")
+        }
         let waiters = state.withLock { s in
             s.deleted = true
+            s.deleting = false
             if s.record.exit == nil { s.record.exit = final }
             let w = s.exitWaiters
             s.exitWaiters = []
             return w
         }
         for w in waiters { w.resume(returning: final) }
+        releaseExecWaiters(fallback: final)
         return final
-    }
-
-    /// Waits until a dead shim's exit has been recorded.
-    private func awaitDeadShimCleanup() async {
-        if record.exit == nil { _ = try? await wait() }
     }
 
     /// Asks the shim to exit and waits for it (a few seconds, then SIGKILL).
@@ -344,25 +434,13 @@ public final class ShimTask: RuntimeTask, Sendable {
     }
 
     private func shimGone(within timeout: TimeAmount) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
-            group.addTask { [self] in
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let gone = state.withLock { s -> Bool in
-                        if s.shimGone { return true }
-                        s.shimWaiters.append(c)
-                        return false
-                    }
-                    if gone { c.resume() }
-                }
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(nanoseconds: UInt64(timeout.nanoseconds))
+        await waitForEvent(timeoutNanos: UInt64(timeout.nanoseconds)) { done in
+            let gone = state.withLock { s -> Bool in
+                if s.shimGone { return true }
+                s.shimWaiters.append(done)
                 return false
             }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first || state.withLock { $0.shimGone }
+            if gone { done() }
         }
     }
 
@@ -416,4 +494,81 @@ enum ExitFiles {
             return try? Tether_Shim_V1_ExitRecord(jsonUTF8Bytes: bytes, options: options)
         }.sorted { $0.seq < $1.seq }
     }
+}
+
+/// A process exec'd into a task, as the manager sees it. Every call goes to
+/// the task's shim with the exec id; the exit comes in on the exit pipe.
+public final class ShimExec: RuntimeProcess, Sendable {
+    public let id: String
+    let task: ShimTask
+    public var taskID: String { task.id }
+
+    init(task: ShimTask, id: String) {
+        self.task = task
+        self.id = id
+    }
+
+    public func state() async throws -> TetherRuntime.State {
+        guard let r = task.execRecord(id) else { throw RuntimeError(.containerDoesNotExist, "no exec \"\(id)\" in task \"\(task.id)\"") }
+        if let exit = r.exit {
+            return State(status: .stopped, pid: exit.pid, stdin: r.io.stdin, stdout: r.io.stdout, stderr: r.io.stderr,
+                         terminal: r.io.terminal, exit: exit)
+        }
+        var req = Containerd_Task_V2_StateRequest()
+        req.id = task.id
+        req.execID = id
+        let s = try await task.rpc("State", req, as: Containerd_Task_V2_StateResponse.self)
+        let status: Status = switch s.status {
+        case .created: .created
+        case .running: .running
+        case .paused, .pausing: .paused
+        default: .stopped
+        }
+        let exit = status == .stopped && s.hasExitedAt ? Exit(pid: s.pid, status: s.exitStatus, timestamp: s.exitedAt.date) : nil
+        return State(status: status, pid: s.pid, stdin: r.io.stdin, stdout: r.io.stdout, stderr: r.io.stderr,
+                     terminal: r.io.terminal, exit: exit)
+    }
+
+    public func start() async throws {
+        var req = Containerd_Task_V2_StartRequest()
+        req.id = task.id
+        req.execID = id
+        let r = try await task.rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
+        try task.update { rec in
+            rec.execs[id]?.pid = r.pid
+            rec.execs[id]?.started = true
+        }
+    }
+
+    /// Signals this process only (`all` is for the task's init).
+    public func kill(signal: UInt32, all: Bool) async throws {
+        guard signal >= 1 && signal <= UInt32(Signals.max) else {
+            throw RuntimeError(.invalidArgument, "signal \(signal) is out of range: use 1 to \(Signals.max)")
+        }
+        if task.execRecord(id)?.exit != nil { throw RuntimeError.processAlreadyExited(id) }
+        var req = Containerd_Task_V2_KillRequest()
+        req.id = task.id
+        req.execID = id
+        req.signal = signal
+        let _: Google_Protobuf_Empty = try await task.rpc("Kill", req)
+    }
+
+    public func resizePty(_ size: ConsoleSize) async throws {
+        var req = Containerd_Task_V2_ResizePtyRequest()
+        req.id = task.id
+        req.execID = id
+        req.width = size.width
+        req.height = size.height
+        let _: Google_Protobuf_Empty = try await task.rpc("ResizePty", req)
+    }
+
+    public func closeIO() async throws {
+        var req = Containerd_Task_V2_CloseIORequest()
+        req.id = task.id
+        req.execID = id
+        req.stdin = true
+        let _: Google_Protobuf_Empty = try await task.rpc("CloseIO", req)
+    }
+
+    public func wait() async throws -> Exit { try await task.waitExec(id) }
 }

@@ -33,7 +33,9 @@ public enum SpecBuilder {
 
     /// A spec for `process` in namespace/id with the rootfs at `rootfs`
     /// (relative to the bundle, as runc resolves it).
-    public static func spec(namespace: String, id: String, process p: Process, rootfs: String = "rootfs") -> [String: Any] {
+    /// `cgroupParent` is the cgroup the task's own goes under (Layout.cgroupParent).
+    public static func spec(namespace: String, id: String, process p: Process, rootfs: String = "rootfs",
+                            cgroupParent: String = "/tether") -> [String: Any] {
         var env = [defaultPath]
         if p.terminal { env.append("TERM=xterm") }
         for e in p.env {
@@ -66,7 +68,7 @@ public enum SpecBuilder {
                 mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
             ],
             "linux": [
-                "cgroupsPath": "/tether/\(namespace)/\(id)",
+                "cgroupsPath": "\(cgroupParent)/\(namespace)/\(id)",
                 "resources": ["devices": [["allow": false, "access": "rwm"]]],
                 "namespaces": ["pid", "ipc", "uts", "mount", "network"].map { ["type": $0] },
                 "maskedPaths": [
@@ -81,14 +83,41 @@ public enum SpecBuilder {
         ]
     }
 
-    public static func specJSON(namespace: String, id: String, process: Process, rootfs: String = "rootfs") -> Data {
+    public static func specJSON(namespace: String, id: String, process: Process, rootfs: String = "rootfs",
+                                cgroupParent: String = "/tether") -> Data {
         // JSONSerialization cannot fail on the plain values above.
-        try! JSONSerialization.data(withJSONObject: spec(namespace: namespace, id: id, process: process, rootfs: rootfs),
+        try! JSONSerialization.data(withJSONObject: spec(namespace: namespace, id: id, process: process, rootfs: rootfs,
+                                                         cgroupParent: cgroupParent),
                                     options: [.prettyPrinted, .sortedKeys])
     }
 
     private static func mount(_ destination: String, _ type: String, _ source: String, _ options: [String]) -> [String: Any] {
         ["destination": destination, "type": type, "source": source, "options": options]
+    }
+
+    /// The process spec of an exec: the task's own process (user, env,
+    /// capabilities, rlimits, no new privileges) with new args, and the env,
+    /// cwd and terminal given (as `ctr task exec` does).
+    public static func execProcess(taskSpec: Data, args: [String], env: [String], cwd: String?, terminal: Bool) throws(RuntimeError) -> Data {
+        guard !args.isEmpty else {
+            throw RuntimeError(.invalidArgument, "no command given: name one after --, as in: tether exec TASK -- sh -c 'echo hi'")
+        }
+        let spec = (try? JSONSerialization.jsonObject(with: taskSpec)) as? [String: Any] ?? [:]
+        var process = spec["process"] as? [String: Any] ?? ["user": ["uid": 0, "gid": 0], "cwd": "/", "env": [defaultPath]]
+        process["args"] = args
+        process["terminal"] = terminal
+        if let cwd { process["cwd"] = cwd }
+        var merged = process["env"] as? [String] ?? [defaultPath]
+        for e in env {
+            let key = e.split(separator: "=", maxSplits: 1).first.map(String.init) ?? e
+            merged.removeAll { $0.hasPrefix(key + "=") }
+            merged.append(e)
+        }
+        process["env"] = merged
+        guard let data = try? JSONSerialization.data(withJSONObject: process, options: [.sortedKeys]) else {
+            throw RuntimeError(.internal, "cannot encode the exec's process spec")
+        }
+        return data
     }
 
     /// Checks that `data` is an OCI spec we can hand to a runtime: a JSON

@@ -36,6 +36,8 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     public var exit: Exit?
     /// Why the exit was recorded by the manager rather than the shim, if it was.
     public var exitReason: String?
+    /// The processes exec'd into the task, by exec id, until deleteProcess.
+    public var execs: [String: ExecRecord] = [:]
     /// The newest exit record stored from this task's shim (records are acked up to here).
     public var ackedSeq: UInt64 = 0
     public var createdAt: Date
@@ -55,7 +57,7 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case version, namespace, id, instance, runtime, bundle, io, rootfs, scratch, phase, pid, shimPid, exit, exitReason, ackedSeq, createdAt
+        case version, namespace, id, instance, runtime, bundle, io, rootfs, scratch, phase, pid, shimPid, exit, exitReason, execs, ackedSeq, createdAt
     }
 
     public init(from d: Decoder) throws {
@@ -74,6 +76,7 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         shimPid = try c.decodeIfPresent(Int32.self, forKey: .shimPid) ?? 0
         exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
         exitReason = try c.decodeIfPresent(String.self, forKey: .exitReason)
+        execs = try c.decodeIfPresent([String: ExecRecord].self, forKey: .execs) ?? [:]
         ackedSeq = try c.decodeIfPresent(UInt64.self, forKey: .ackedSeq) ?? 0
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt) ?? Date(timeIntervalSince1970: 0)
     }
@@ -98,6 +101,26 @@ public struct TaskRecord: Codable, Sendable, Equatable {
 
     public static func load(_ path: String) throws -> TaskRecord {
         try decoder.decode(TaskRecord.self, from: Data(try Files.read(path)))
+    }
+}
+
+/// An exec'd process in the manager's record.
+public struct ExecRecord: Codable, Sendable, Equatable {
+    public var io: IO
+    public var pid: UInt32 = 0
+    public var started = false
+    public var exit: Exit?
+
+    public init(io: IO) { self.io = io }
+
+    private enum CodingKeys: String, CodingKey { case io, pid, started, exit }
+
+    public init(from d: Decoder) throws {
+        let c = try d.container(keyedBy: CodingKeys.self)
+        io = try c.decodeIfPresent(IO.self, forKey: .io) ?? IO()
+        pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
+        started = try c.decodeIfPresent(Bool.self, forKey: .started) ?? false
+        exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
     }
 }
 

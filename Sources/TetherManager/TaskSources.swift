@@ -27,7 +27,7 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "the embedded default rootfs is missing at \(lower): build it with scripts/make-rootfs \(lower) (scripts/setup does), or pass --rootfs DIR")
             }
             let scratch = layout.scratch(namespace, id)
-            return CreateOpts(spec: try spec(namespace, id, process), rootfs: [
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal), rootfs: [
                 Mount(type: "overlay", source: "overlay",
                       options: ["lowerdir=\(lower)", "upperdir=\(scratch)/upper", "workdir=\(scratch)/work"]),
             ], io: io)
@@ -36,7 +36,7 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "rootfs \(dir) does not exist or is not a directory: pass --rootfs with a directory that holds the container's root filesystem")
             }
             guard dir.hasPrefix("/") else { throw RuntimeError(.invalidArgument, "rootfs \(dir) is not an absolute path") }
-            return CreateOpts(spec: try spec(namespace, id, process),
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal),
                               rootfs: [Mount(type: "bind", source: dir, options: ["rbind", "rw"])], io: io)
         case .bundle(let dir):
             let config = "\(dir)/config.json"
@@ -52,6 +52,10 @@ extension ShimRuntime {
             }
             root["path"] = absolute
             object["root"] = root
+            // The runtime needs the spec and the IO to agree on the terminal.
+            var process = object["process"] as? [String: Any] ?? [:]
+            process["terminal"] = io.terminal
+            object["process"] = process
             guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]) else {
                 throw RuntimeError(.invalidArgument, "\(config) cannot be written back as JSON")
             }
@@ -59,10 +63,11 @@ extension ShimRuntime {
         }
     }
 
-    private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?) throws(RuntimeError) -> Data {
-        guard let process, !process.args.isEmpty else {
+    private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?, terminal: Bool) throws(RuntimeError) -> Data {
+        guard var process, !process.args.isEmpty else {
             throw RuntimeError(.invalidArgument, "no command given: name one after --, as in: tether run ID -- sh -c 'echo hi'")
         }
-        return SpecBuilder.specJSON(namespace: namespace, id: id, process: process)
+        process.terminal = terminal
+        return SpecBuilder.specJSON(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent)
     }
 }

@@ -13,6 +13,8 @@ public protocol RuntimeProcess: Sendable {
     /// The exec id, or the task id for the init process.
     var id: String { get }
     func state() async throws -> State
+    /// Starts the process (a task's init, or an exec'd process once exec has made it).
+    func start() async throws
     /// Sends `signal`; with `all`, to every process in the container.
     func kill(signal: UInt32, all: Bool) async throws
     func resizePty(_ size: ConsoleSize) async throws
@@ -25,12 +27,11 @@ public protocol RuntimeProcess: Sendable {
 /// A container and the processes exec'd into it. (containerd: runtime.Task.)
 public protocol RuntimeTask: RuntimeProcess {
     var info: TaskInfo { get }
-    func start() async throws
     func pause() async throws
     func resume() async throws
     /// The pids of every process in the container.
     func pids() async throws -> [UInt32]
-    /// Starts a new process in the running container under `id`.
+    /// Makes a new process in the running container under `id` (start it with `start()`).
     func exec(id: String, _ opts: ExecOpts) async throws -> any RuntimeProcess
     func checkpoint(path: String, options: Data?) async throws
     /// Removes an exec'd process that has exited and returns its exit.

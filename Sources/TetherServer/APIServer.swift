@@ -44,6 +44,57 @@ public struct APIServer: Sendable {
             }
         }
         tasks.post(":id/wait") { _, c in try await handle { json(try await task(c).wait()) } }
+        tasks.post(":id/resize") { req, c in
+            try await handle {
+                let body: ResizeRequest = try await decode(req, default: nil)
+                try await task(c).resizePty(ConsoleSize(width: body.width, height: body.height))
+                return Response(status: .noContent)
+            }
+        }
+        tasks.post(":id/closeio") { _, c in
+            try await handle {
+                try await task(c).closeIO()
+                return Response(status: .noContent)
+            }
+        }
+
+        tasks.post(":id/execs") { req, c in try await handle { try await exec(c, req) } }
+        tasks.get(":id/execs/:exec") { _, c in try await handle { json(try await processView(try await process(c))) } }
+        tasks.post(":id/execs/:exec/start") { _, c in
+            try await handle {
+                let p = try await process(c)
+                try await p.start()
+                return json(try await processView(p))
+            }
+        }
+        tasks.post(":id/execs/:exec/kill") { req, c in
+            try await handle {
+                let body: KillRequest = try await decode(req, default: KillRequest())
+                let signal = try Signals.parse(body.signal?.text ?? "TERM")
+                try await process(c).kill(signal: UInt32(signal), all: false)
+                return Response(status: .noContent)
+            }
+        }
+        tasks.post(":id/execs/:exec/wait") { _, c in try await handle { json(try await process(c).wait()) } }
+        tasks.post(":id/execs/:exec/resize") { req, c in
+            try await handle {
+                let body: ResizeRequest = try await decode(req, default: nil)
+                try await process(c).resizePty(ConsoleSize(width: body.width, height: body.height))
+                return Response(status: .noContent)
+            }
+        }
+        tasks.post(":id/execs/:exec/closeio") { _, c in
+            try await handle {
+                try await process(c).closeIO()
+                return Response(status: .noContent)
+            }
+        }
+        tasks.delete(":id/execs/:exec") { _, c in
+            try await handle {
+                guard let execID = c.parameters.get("exec") else { throw RuntimeError(.invalidArgument, "no exec ID in the path") }
+                return json(try await task(c).deleteProcess(id: execID))
+            }
+        }
         tasks.delete(":id") { _, c in
             try await handle {
                 let t = try await task(c)
@@ -66,22 +117,54 @@ public struct APIServer: Sendable {
 
     private func create(_ namespace: String, _ req: Request) async throws -> Response {
         let body: CreateTaskRequest = try await decode(req, default: nil)
-        let io = body.io ?? IO()
-        let opts: CreateOpts
+        try Identifier.validate(namespace, kind: "namespace")
+        try Identifier.validate(body.id, kind: "task ID")
+        let io = body.fifos.map { runtime.fifoIO(namespace: namespace, id: body.id, stdin: $0.stdin ?? false, terminal: $0.terminal ?? false) }
+            ?? body.io ?? IO()
+        var opts: CreateOpts
         if let spec = body.spec {
             opts = CreateOpts(spec: try APIJSON.encoder.encode(spec), io: io)
         } else {
             let source: RootfsSource = if let b = body.bundle { .bundle(b) } else if let r = body.rootfs { .directory(r) } else { .embedded }
             let process = body.args.map { SpecBuilder.Process(args: $0, env: body.env ?? [], cwd: body.cwd ?? "/") }
-            try Identifier.validate(namespace, kind: "namespace")
-            try Identifier.validate(body.id, kind: "task ID")
             opts = try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io)
+        }
+        if let log = body.log {
+            var o: [String: Any] = ["logPath": log.path]
+            if let max = log.maxSize { o["logMaxSize"] = String(max) }
+            opts.options = try JSONSerialization.data(withJSONObject: o)
         }
         let t = try await runtime.create(namespace: namespace, id: body.id, opts)
         return json(try await taskView(t), status: .created)
     }
 
     private func view(_ t: any RuntimeTask) async throws -> Response { json(try await taskView(t)) }
+
+    private func exec(_ c: BasicRequestContext, _ req: Request) async throws -> Response {
+        let body: ExecRequest = try await decode(req, default: nil)
+        let t = try await task(c)
+        let execID = body.execID ?? "exec-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+        try Identifier.validate(execID, kind: "exec ID")
+        let terminal = body.fifos?.terminal ?? body.io?.terminal ?? false
+        let io = body.fifos.map { runtime.fifoIO(namespace: t.info.namespace, id: t.id, execID: execID, stdin: $0.stdin ?? false, terminal: terminal) }
+            ?? body.io ?? IO()
+        let spec = try SpecBuilder.execProcess(taskSpec: t.info.spec, args: body.args, env: body.env ?? [], cwd: body.cwd, terminal: terminal)
+        let p = try await t.exec(id: execID, ExecOpts(spec: spec, io: io))
+        return json(try await processView(p), status: .created)
+    }
+
+    private func process(_ c: BasicRequestContext) async throws -> any RuntimeProcess {
+        guard let execID = c.parameters.get("exec") else { throw RuntimeError(.invalidArgument, "no exec ID in the path") }
+        try Identifier.validate(execID, kind: "exec ID")
+        return try await task(c).process(id: execID)
+    }
+
+    private func processView(_ p: any RuntimeProcess) async throws -> ProcessView {
+        let s = try await p.state()
+        let taskID = (p as? ShimExec)?.taskID ?? ""
+        return ProcessView(taskID: taskID, execID: p.id, pid: s.pid, status: s.status, exit: s.exit,
+                           io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal))
+    }
 
     private func taskView(_ t: any RuntimeTask) async throws -> TaskView {
         let s = try await t.state()

@@ -17,9 +17,18 @@ struct OCIRuntime: Sendable {
     let reaper: Reaper
 
     /// `runtime create`: the container's init starts and waits on the exec
-    /// fifo. `stdio` becomes the init's fds 0-2 (runc passes its own through).
-    func create(id: String, bundle: String, pidFile: String, stdio: [Int32]) async throws {
-        try await run(["create", "--bundle", bundle, "--pid-file", pidFile, id], stdio: stdio, cwd: bundle)
+    /// fifo. `stdio` becomes the init's fds 0-2 (runc passes its own through);
+    /// with a console socket the init gets a pty instead.
+    func create(id: String, bundle: String, pidFile: String, stdio: [Int32], consoleSocket: String?) async throws {
+        try await run(["create", "--bundle", bundle, "--pid-file", pidFile]
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio, cwd: bundle)
+    }
+
+    /// `runtime exec --detach`: starts the process described by the JSON at
+    /// `processFile` in the container; its pid lands in `pidFile`.
+    func exec(id: String, processFile: String, pidFile: String, stdio: [Int32], consoleSocket: String?) async throws {
+        try await run(["exec", "--detach", "--process", processFile, "--pid-file", pidFile]
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio)
     }
 
     func start(id: String) async throws {

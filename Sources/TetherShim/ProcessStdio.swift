@@ -4,8 +4,22 @@ import Glibc
 import Synchronization
 import TetherSys
 
-/// One process's stdio: the fds the container gets as 0, 1 and 2, and the
-/// relay streams that connect them to the IO paths the client named.
+/// The paths a process's stdio goes to, as the client named them.
+struct IOPaths: Sendable, Equatable {
+    var stdin = ""
+    var stdout = ""
+    var stderr = ""
+    var terminal = false
+}
+
+/// One process's stdio: what the container gets, and the relay streams that
+/// connect it to the IO paths the client named.
+///
+/// Without a terminal, each named stream gets a pipe: the container gets one
+/// end as its fd 0, 1 or 2 (the runtime passes its own stdio through) and the
+/// relay moves bytes between the other end and the path. With a terminal the
+/// runtime sends the pty master over the console socket; the relay copies it
+/// to stdout and stdin to it, and ResizePty sets its window size.
 ///
 /// FIFOs are opened O_RDWR|O_NONBLOCK, which never blocks whether or not the
 /// client has its end open yet, and leaves the shim holding both ends: a
@@ -18,36 +32,75 @@ final class ProcessStdio: Sendable {
     let stdinStream: StdioRelay.StreamID?
     /// Every relay stream of this process, stdin's included.
     let streams: [StdioRelay.StreamID]
+    /// The output streams (stdout, stderr).
+    var outputStreams: [StdioRelay.StreamID] { streams.filter { $0 != stdinStream } }
+    /// The pty master of a terminal process (our own dup, for ResizePty).
+    let console: FD?
 
-    private init(containerFDs: [FD?], stdinStream: StdioRelay.StreamID?, streams: [StdioRelay.StreamID]) {
+    private init(containerFDs: [FD?], stdinStream: StdioRelay.StreamID?, streams: [StdioRelay.StreamID], console: FD?) {
         self.containerFDs = containerFDs
         self.stdinStream = stdinStream
         self.streams = streams
+        self.console = console
     }
 
-    /// Opens the paths and starts relaying. `onOutputDone` runs once every
-    /// output stream has reached end of file (immediately when there is none).
-    static func open(stdin: String, stdout: String, stderr: String, relay: StdioRelay,
-                     onOutputDone: @escaping @Sendable () -> Void) throws(SysError) -> ProcessStdio {
-        // Open every path before starting any stream, so a bad path leaves nothing running.
-        let inFile = stdin.isEmpty ? nil : try openInput(stdin)
-        let outFile = stdout.isEmpty ? nil : try openOutput(stdout)
-        let errFile = stderr.isEmpty ? nil : try openOutput(stderr)
-        let inPipe = inFile == nil ? nil : try FD.pipe()
-        let outPipe = outFile == nil ? nil : try FD.pipe()
-        let errPipe = errFile == nil ? nil : try FD.pipe()
+    /// Files opened for a process before the runtime runs, so a bad path
+    /// fails before anything starts.
+    struct Opened: Sendable {
+        let stdin: FD?
+        let stdout: FD?
+        let stderr: FD?
+        let log: LogWriter?
+    }
 
-        let outputs = [outFile, errFile].compactMap { $0 }.count
-        let remaining = Countdown(outputs, onOutputDone)
+    static func openPaths(_ io: IOPaths, log: LogWriter?) throws(SysError) -> Opened {
+        let stdin = io.stdin.isEmpty ? nil : try openInput(io.stdin)
+        // Only the log wants the output: the stream still needs somewhere to go.
+        let null = { () throws(SysError) -> FD? in log == nil ? nil : try FD.open("/dev/null", O_WRONLY) }
+        let stdout = io.stdout.isEmpty ? try null() : try openOutput(io.stdout)
+        let stderr = io.terminal ? nil : io.stderr.isEmpty ? try null() : try openOutput(io.stderr)
+        return Opened(stdin: stdin, stdout: stdout, stderr: stderr, log: log)
+    }
+
+    /// Pipes for a process without a terminal. `onOutputDone` runs once every
+    /// output stream has reached end of file (at once when there is none).
+    static func pipes(_ files: Opened, relay: StdioRelay, onOutputDone: @escaping @Sendable () -> Void) throws(SysError) -> ProcessStdio {
+        let inPipe = files.stdin == nil ? nil : try FD.pipe()
+        let outPipe = files.stdout == nil ? nil : try FD.pipe()
+        let errPipe = files.stderr == nil ? nil : try FD.pipe()
+        let remaining = Countdown([files.stdout, files.stderr].compactMap { $0 }.count, onOutputDone)
         var stdinStream: StdioRelay.StreamID? = nil
         var streams: [StdioRelay.StreamID] = []
-        if let inFile, let inPipe {
-            stdinStream = relay.add(from: inFile, to: inPipe.write)
+        if let src = files.stdin, let inPipe {
+            stdinStream = relay.add(from: src, to: inPipe.write)
             streams.append(stdinStream!)
         }
-        if let outFile, let outPipe { streams.append(relay.add(from: outPipe.read, to: outFile) { remaining.tick() }) }
-        if let errFile, let errPipe { streams.append(relay.add(from: errPipe.read, to: errFile) { remaining.tick() }) }
-        return ProcessStdio(containerFDs: [inPipe?.read, outPipe?.write, errPipe?.write], stdinStream: stdinStream, streams: streams)
+        if let dst = files.stdout, let outPipe {
+            streams.append(relay.add(from: outPipe.read, to: dst, tap: files.log?.tap("stdout")) { remaining.tick() })
+        }
+        if let dst = files.stderr, let errPipe {
+            streams.append(relay.add(from: errPipe.read, to: dst, tap: files.log?.tap("stderr")) { remaining.tick() })
+        }
+        return ProcessStdio(containerFDs: [inPipe?.read, outPipe?.write, errPipe?.write],
+                            stdinStream: stdinStream, streams: streams, console: nil)
+    }
+
+    /// A terminal process: the pty master to stdout, stdin to the master.
+    static func terminal(_ files: Opened, master: FD, relay: StdioRelay,
+                         onOutputDone: @escaping @Sendable () -> Void) throws(SysError) -> ProcessStdio {
+        let dup = { () throws(SysError) -> FD in FD(try check(fcntl(master.raw, F_DUPFD_CLOEXEC, 3), "dup", "pty master")) }
+        var stdinStream: StdioRelay.StreamID? = nil
+        var streams: [StdioRelay.StreamID] = []
+        if let src = files.stdin {
+            stdinStream = relay.add(from: src, to: try dup())
+            streams.append(stdinStream!)
+        }
+        if let dst = files.stdout {
+            streams.append(relay.add(from: try dup(), to: dst, tap: files.log?.tap("stdout")) { onOutputDone() })
+        } else {
+            onOutputDone()
+        }
+        return ProcessStdio(containerFDs: [nil, nil, nil], stdinStream: stdinStream, streams: streams, console: master)
     }
 
     /// The raw fds for the runtime's stdio (-1 is /dev/null).
@@ -56,6 +109,12 @@ final class ProcessStdio: Sendable {
     /// Drops our copies of the container's ends, so end of file on the
     /// container's stdout means every process in it has closed it.
     func closeContainerEnds() { for fd in containerFDs { fd?.close() } }
+
+    /// Stops relaying this process's streams and closes them.
+    func remove(from relay: StdioRelay) {
+        for id in streams { relay.remove(id) }
+        console?.close()
+    }
 
     static func openOutput(_ path: String) throws(SysError) -> FD {
         if isFifo(path) { return try FD.open(path, O_RDWR | O_NONBLOCK) }

@@ -22,6 +22,8 @@ public final class Reaper: Sendable {
         var handlers: [pid_t: ExitHandler] = [:]
         var unclaimed: [pid_t: (code: Int32, at: WallTime)] = [:]
         var starts = 0
+        /// Pids whose exits are reported after the others of the same batch.
+        var last: Set<pid_t> = []
     }
 
     private let table = Mutex(Table())
@@ -58,25 +60,33 @@ public final class Reaper: Sendable {
     /// Reaps every child that has exited. Each is first found with WNOWAIT,
     /// then reaped under the table's lock, so `signal` (which holds the same
     /// lock) never signals a pid that has been freed and maybe reused.
+    /// Handlers run after the whole batch is reaped, those registered as
+    /// `last` (the container's init) after the others: an exec that died
+    /// before its init is always reported before it.
     private func reapAll() {
         while true {
-            let pid = tether_peek_exited()
-            if pid <= 0 { return }  // 0: none left exited; -ECHILD: no children at all
+            var batch: [(pid: pid_t, code: Int32, handler: ExitHandler, last: Bool)] = []
             let at = WallTime.now()
-            let reaped = table.withLock { t -> (code: Int32, handler: ExitHandler?)? in
-                var status: Int32 = 0
-                guard tether_reap_pid(pid, &status) == pid else { return nil }
-                let code = tether_exit_code(status)
-                if let h = t.handlers.removeValue(forKey: pid) { return (code, h) }
-                if t.starts > 0 { t.unclaimed[pid] = (code, at) }
-                return (code, nil)
+            while true {
+                let pid = tether_peek_exited()
+                if pid <= 0 { break }  // 0: none left exited; -ECHILD: no children at all
+                let reaped = table.withLock { t -> Bool in
+                    var status: Int32 = 0
+                    guard tether_reap_pid(pid, &status) == pid else { return false }
+                    let code = tether_exit_code(status)
+                    if let h = t.handlers.removeValue(forKey: pid) {
+                        batch.append((pid, code, h, t.last.remove(pid) != nil))
+                    } else {
+                        if t.starts > 0 { t.unclaimed[pid] = (code, at) }
+                        ShimLog.debug("reaped pid \(pid) (exit \(code)), not one of ours: an orphan")
+                    }
+                    return true
+                }
+                if !reaped { break }  // cannot happen (we are the only waiter); never spin on it
             }
-            guard let reaped else { continue }
-            if let handler = reaped.handler {
-                handler(reaped.code, at)
-            } else {
-                ShimLog.debug("reaped pid \(pid) (exit \(reaped.code)), not one of ours: an orphan")
-            }
+            if batch.isEmpty { return }
+            for e in batch where !e.last { e.handler(e.code, at) }
+            for e in batch where e.last { e.handler(e.code, at) }
         }
     }
 
@@ -124,10 +134,12 @@ public final class Reaper: Sendable {
 
     /// Registers a pid we learned after the fact. If it already exited during
     /// the start window, `onExit` runs at once with what the reaper saw.
-    public func watch(_ pid: pid_t, onExit: @escaping ExitHandler) {
+    /// `last`: report this exit after the others reaped with it.
+    public func watch(_ pid: pid_t, last: Bool = false, onExit: @escaping ExitHandler) {
         let early = table.withLock { t -> (code: Int32, at: WallTime)? in
             if let e = t.unclaimed.removeValue(forKey: pid) { return e }
             t.handlers[pid] = onExit
+            if last { t.last.insert(pid) }
             return nil
         }
         if let early { onExit(early.code, early.at) }

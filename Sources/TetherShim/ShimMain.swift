@@ -93,6 +93,9 @@ public enum ShimMain {
         r.add(task, "Wait", s.wait)
         r.add(task, "Delete", s.delete)
         r.add(task, "Connect", s.connect)
+        r.add(task, "Exec", s.exec)
+        r.add(task, "CloseIO", s.closeIO)
+        r.add(task, "ResizePty", s.resizePty)
         let exiting = Atomic<Bool>(false)
         r.add(task, "Shutdown") { (req: Containerd_Task_V2_ShutdownRequest) async throws -> Google_Protobuf_Empty in
             try s.checkID(req.id)
@@ -117,9 +120,6 @@ public enum ShimMain {
         notYet("Pause", Containerd_Task_V2_PauseRequest.self)
         notYet("Resume", Containerd_Task_V2_ResumeRequest.self)
         notYet("Checkpoint", Containerd_Task_V2_CheckpointTaskRequest.self)
-        notYet("Exec", Containerd_Task_V2_ExecProcessRequest.self)
-        notYet("ResizePty", Containerd_Task_V2_ResizePtyRequest.self)
-        notYet("CloseIO", Containerd_Task_V2_CloseIORequest.self)
         notYet("Update", Containerd_Task_V2_UpdateTaskRequest.self)
         notYet("Stats", Containerd_Task_V2_StatsRequest.self)
 

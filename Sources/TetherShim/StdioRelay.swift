@@ -30,22 +30,28 @@ final class StdioRelay: Sendable {
         let src: FD
         let dst: FD
         let onDone: (@Sendable () -> Void)?
-        var useSplice = true
+        /// Sees every chunk before it is written on (the task's log file).
+        let tap: LogTap?
+        var useSplice: Bool
         var dstPollable = true
         var waitingForDst = false
         var closeWhenDrained = false
         var buffer: [UInt8] = []
 
-        init(src: FD, dst: FD, onDone: (@Sendable () -> Void)?) {
+        init(src: FD, dst: FD, tap: LogTap?, onDone: (@Sendable () -> Void)?) {
             self.src = src
             self.dst = dst
+            self.tap = tap
             self.onDone = onDone
+            useSplice = tap == nil  // a tap must see the bytes, so they go through memory
         }
     }
 
     private let epfd: FD
     private let wake: FD
     private let commands = Mutex<[Command]>([])
+    /// Streams waiting for room at their destination (nobody reads it).
+    private let blocked = Mutex<Set<StreamID>>([])
     private let nextID = Atomic<UInt64>(1)
 
     init() throws(SysError) {
@@ -59,9 +65,9 @@ final class StdioRelay: Sendable {
     /// closed), then closes both and calls `onDone` on the relay thread.
     /// The relay owns both fds from now on.
     @discardableResult
-    func add(from src: FD, to dst: FD, onDone: (@Sendable () -> Void)? = nil) -> StreamID {
+    func add(from src: FD, to dst: FD, tap: LogTap? = nil, onDone: (@Sendable () -> Void)? = nil) -> StreamID {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        send(.add(id, Stream(src: src, dst: dst, onDone: onDone)))
+        send(.add(id, Stream(src: src, dst: dst, tap: tap, onDone: onDone)))
         return id
     }
 
@@ -71,6 +77,9 @@ final class StdioRelay: Sendable {
 
     /// Drops the stream now, closing both fds.
     func remove(_ id: StreamID) { send(.remove(id)) }
+
+    /// Is this stream stuck on a full destination (a FIFO nobody reads)?
+    func isBlocked(_ id: StreamID) -> Bool { blocked.withLock { $0.contains(id) } }
 
     private func send(_ c: Command) {
         commands.withLock { $0.append(c) }
@@ -145,7 +154,8 @@ final class StdioRelay: Sendable {
         while moved < 16 << 20 {  // then yield to the other streams; epoll is level-triggered
             let n = s.useSplice ? splice(s) : copy(s)
             if n > 0 { moved += n; continue }
-            if n == 0 { outcome = .eof; break }
+            // A pty master reads EIO once every slave fd is closed: its end of file.
+            if n == 0 || n == -Int(EIO) { outcome = .eof; break }
             if n == -Int(EAGAIN) {
                 outcome = (s.dstPollable && !writable(s.dst.raw)) || !s.buffer.isEmpty ? .dstFull : .srcEmpty
                 break
@@ -167,9 +177,17 @@ final class StdioRelay: Sendable {
         }
     }
 
+    /// Watches the source or the destination. The source is taken out of the
+    /// epoll set while we wait for the destination: a pipe whose writers are
+    /// gone reports EPOLLHUP whatever events are asked for, and would spin us.
     private func waitFor(dst: Bool, _ id: StreamID, _ s: Stream) {
         s.waitingForDst = dst
-        _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_MOD), s.src.raw, dst ? 0 : UInt32(TETHER_EPOLLIN), id << 1)
+        blocked.withLock { if dst { $0.insert(id) } else { $0.remove(id) } }
+        if dst {
+            _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0)
+        } else {
+            _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
+        }
         if s.dstPollable {
             _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_MOD), s.dst.raw, dst ? UInt32(TETHER_EPOLLOUT) : 0, id << 1 | 1)
         }
@@ -193,6 +211,7 @@ final class StdioRelay: Sendable {
         if r < 0 { return errno == EINTR ? 1 : -Int(errno) }
         if r == 0 { return 0 }
         s.buffer = Array(chunk[0..<r])
+        s.tap?.write(s.buffer)
         return r
     }
 
@@ -202,11 +221,13 @@ final class StdioRelay: Sendable {
     }
 
     private func finish(_ id: StreamID, _ s: Stream, _ streams: inout [StreamID: Stream], notify: Bool = true) {
-        _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0)
+        if !s.waitingForDst { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0) }
         if s.dstPollable { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.dst.raw, 0, 0) }
         s.src.close()
         s.dst.close()
+        s.tap?.close()
         streams.removeValue(forKey: id)
+        blocked.withLock { _ = $0.remove(id) }
         if notify { s.onDone?() }
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -5,40 +8,31 @@ import SwiftProtobuf
 import Synchronization
 import TTRPC
 import TetherProto
+import TetherRuntime
 import TetherSys
 
-/// The task's state machine and the handlers of containerd.task.v2.Task.
+/// The task and the handlers of containerd.task.v2.Task.
 ///
-///     empty ──Create──▶ created ──Start──▶ running ──(init exits)──▶ stopped ──Delete──▶ deleted
-///                          └──────────(init exits / Delete --force)──────┘
+///     task:  empty ──Create──▶ live ──Delete──▶ deleted
+///     init:  created ──Start──▶ running ──(exit)──▶ stopped ──Delete──▶ deleted
+///     exec:  (Exec) created ──Start──▶ running ──(exit)──▶ stopped ──Delete(exec)──▶ gone
 ///
-/// The init's exit is recorded in the ExitJournal (on disk) before the state
-/// changes and before any waiter hears of it.
+/// Every exit is recorded in the ExitJournal (on disk) before the process's
+/// state changes and before any waiter hears of it.
 final class TaskService: Sendable {
-    static let version = "tether-shim 0.1.0"
+    static let version = "tether-shim \(TetherVersion.string)"
+    /// How long Delete lets the relay drain a stopped process's output.
+    static let outputDrainTimeout: UInt64 = 2_000_000_000
 
     enum Phase: String, Sendable {
-        case empty, creating, created, running, stopped, deleting, deleted
-    }
-
-    struct ExitInfo: Sendable {
-        var pid: Int32
-        var code: UInt32
-        var at: WallTime
-        var timestamp: Google_Protobuf_Timestamp { .init(seconds: at.seconds, nanos: at.nanos) }
+        case empty, creating, live, deleting, deleted
     }
 
     private struct State {
         var phase = Phase.empty
-        var pid: Int32 = 0
         var bundle = ""
-        var stdin = "", stdout = "", stderr = ""
-        var exit: ExitInfo?
-        var exitWaiters: [CheckedContinuation<ExitInfo, Never>] = []
-        var outputDone = false
-        var outputWaiters: [CheckedContinuation<Void, Never>] = []
-        var stdio: ProcessStdio?
         var mounts: [String] = []
+        var processes: [String: ShimProcess] = [:]
     }
 
     let options: ShimOptions
@@ -59,51 +53,64 @@ final class TaskService: Sendable {
     /// Can the shim exit without leaving a container behind?
     var isIdle: Bool { state.withLock { $0.phase == .empty || $0.phase == .deleted } }
 
-    // MARK: - Create, Start
+    private var initProcess: ShimProcess? { state.withLock { $0.processes[""] } }
+
+    // MARK: - Create
 
     func create(_ r: Containerd_Task_V2_CreateTaskRequest) async throws -> Containerd_Task_V2_CreateTaskResponse {
         try checkID(r.id)
-        if r.terminal { throw RPCError(.unimplemented, "terminal tasks are not implemented yet by \(Self.version)") }
         if !r.checkpoint.isEmpty { throw RPCError(.unimplemented, "restoring from a checkpoint is not implemented yet by \(Self.version)") }
         let bundle = r.bundle.isEmpty ? options.bundle : r.bundle
+        let io = IOPaths(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal)
+        let process = ShimProcess(execID: "", io: io)
         try state.withLock { (s) throws(RPCError) in
             guard s.phase == .empty else { throw RPCError(.alreadyExists, "task \"\(options.id)\" was already created in this shim") }
             s.phase = .creating
             s.bundle = bundle
-            (s.stdin, s.stdout, s.stderr) = (r.stdin, r.stdout, r.stderr)
         }
 
         var mounted: [String] = []
         var stdio: ProcessStdio?
+        var console: ConsoleSocket?
         reaper.expectingChildren()
         defer { reaper.doneExpecting() }
         do {
+            let log = try createOptions(r.options).map { o throws(SysError) in
+                try LogWriter(path: o.logPath, maxSize: Int(o.logMaxSize))
+            }
             mounted = try Mounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
-            stdio = try ProcessStdio.open(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, relay: relay) { [self] in
-                outputFinished()
-            }
+            let files = try ProcessStdio.openPaths(io, log: log)
+            if io.terminal { console = try ConsoleSocket(path: "\(bundle)/console.sock") }
+            else { stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() } }
             unlink(options.initPidFile)
-            try await runtime.create(id: options.id, bundle: bundle, pidFile: options.initPidFile, stdio: stdio!.spawnFDs)
-            stdio!.closeContainerEnds()
-            let pid = try readPid(options.initPidFile)
-            state.withLock { s in
-                s.pid = pid
-                s.phase = .created
-                s.mounts = mounted
-                s.stdio = stdio
+            try await runtime.create(id: options.id, bundle: bundle, pidFile: options.initPidFile,
+                                     stdio: stdio?.spawnFDs ?? [-1, -1, -1], consoleSocket: console?.path)
+            stdio?.closeContainerEnds()
+            if let console {
+                stdio = try ProcessStdio.terminal(files, master: try console.receiveMaster(), relay: relay) { process.outputFinished() }
+                console.remove()
             }
-            reaper.watch(pid) { [self] code, at in initExited(pid: pid, code: code, at: at) }
-            ShimLog.info("created container \(options.id), init pid \(pid)")
+            let pid = try readPid(options.initPidFile)
+            process.started(pid: pid, stdio: stdio)
+            process.set(phase: .created)
+            state.withLock { s in
+                s.phase = .live
+                s.mounts = mounted
+                s.processes[""] = process
+            }
+            reaper.watch(pid, last: true) { [self] code, at in processExited(process, pid: pid, code: code, at: at) }
+            ShimLog.info("created container \(options.id), init pid \(pid)\(io.terminal ? " with a terminal" : "")")
             var out = Containerd_Task_V2_CreateTaskResponse()
             out.pid = UInt32(pid)
             return out
         } catch {
             ShimLog.error("create \(options.id) failed: \(error)")
+            console?.remove()
             if let stdio {
                 stdio.closeContainerEnds()
                 stdio.remove(from: relay)
             }
-            try? await runtime.delete(id: options.id, force: true)  // whatever runc left half made
+            try? await runtime.delete(id: options.id, force: true)  // whatever the runtime left half made
             Mounts.unmountAll(mounted)
             state.withLock { $0 = State() }
             if let e = error as? SysError { throw RPCError(.failedPrecondition, e.description) }
@@ -111,163 +118,192 @@ final class TaskService: Sendable {
         }
     }
 
+    private func createOptions(_ any: Google_Protobuf_Any) throws -> Tether_Shim_V1_CreateOptions? {
+        guard !any.typeURL.isEmpty else { return nil }
+        guard any.typeURL.hasSuffix("/tether.shim.v1.CreateOptions") else {
+            throw RPCError(.invalidArgument, "options of type \(any.typeURL) are not understood by \(Self.version)")
+        }
+        let o = try Tether_Shim_V1_CreateOptions(serializedBytes: any.value)
+        return o.logPath.isEmpty ? nil : o
+    }
+
+    // MARK: - Exec
+
+    func exec(_ r: Containerd_Task_V2_ExecProcessRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        do { try Identifier.validate(r.execID, kind: "exec ID") } catch { throw RPCError(.invalidArgument, error.message) }
+        struct ProcessSpec: Decodable { let args: [String]? }
+        guard let spec = try? JSONDecoder().decode(ProcessSpec.self, from: r.spec.value), !(spec.args ?? []).isEmpty else {
+            throw RPCError(.invalidArgument, "exec \"\(r.execID)\": the process spec is not OCI process JSON with args")
+        }
+        guard let initProcess else { throw RPCError(.notFound, "task \"\(options.id)\" is not created") }
+        guard initProcess.phase == .running else {
+            if initProcess.exit != nil { throw RPCError(.notFound, "process already finished: task \"\(options.id)\" has exited; exec needs a running task") }
+            throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(initProcess.phase.rawValue): exec needs a running task (start it first)")
+        }
+        let process = ShimProcess(execID: r.execID, io: IOPaths(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal))
+        try state.withLock { (s) throws(RPCError) in
+            guard s.phase == .live else { throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(s.phase.rawValue)") }
+            guard s.processes[r.execID] == nil else {
+                throw RPCError(.alreadyExists, "exec ID \"\(r.execID)\" is already in use in task \"\(options.id)\"")
+            }
+            s.processes[r.execID] = process
+        }
+        do {
+            try Files.makeDirectories("\(options.bundle)/execs")
+            try Files.writeAtomically(execSpecPath(r.execID), Array(r.spec.value))
+        } catch {
+            state.withLock { _ = $0.processes.removeValue(forKey: r.execID) }
+            throw RPCError(.internal, "exec \"\(r.execID)\": \(error)")
+        }
+        ShimLog.info("added exec \(r.execID)")
+        return Google_Protobuf_Empty()
+    }
+
+    private func execSpecPath(_ execID: String) -> String { "\(options.bundle)/execs/\(execID).json" }
+    private func execPidPath(_ execID: String) -> String { "\(options.bundle)/execs/\(execID).pid" }
+
+    // MARK: - Start
+
     func start(_ r: Containerd_Task_V2_StartRequest) async throws -> Containerd_Task_V2_StartResponse {
         try checkID(r.id)
-        try checkInit(r.execID)
-        let pid = try state.withLock { (s) throws(RPCError) -> Int32 in
-            guard s.phase == .created else { throw RPCError(.failedPrecondition, "cannot start task \"\(options.id)\": it is \(s.phase.rawValue), not created") }
-            return s.pid
+        let process = try process(r.execID)
+        try process.transition(from: [.created], to: .starting, what: "start")
+        do {
+            if r.execID.isEmpty {
+                try await runtime.start(id: options.id)
+                process.started(pid: process.pid, stdio: nil)
+            } else {
+                try await startExec(process)
+            }
+        } catch {
+            if process.phase == .starting { process.set(phase: .created) }
+            throw error
         }
-        try await runtime.start(id: options.id)
-        state.withLock { s in if s.phase == .created { s.phase = .running } }
-        ShimLog.info("started container \(options.id)")
+        ShimLog.info("started \(process.name) of \(options.id), pid \(process.pid)")
         var out = Containerd_Task_V2_StartResponse()
-        out.pid = UInt32(pid)
+        out.pid = UInt32(process.pid)
         return out
     }
 
-    // MARK: - State, Kill, Wait
+    private func startExec(_ process: ShimProcess) async throws {
+        let execID = process.execID
+        var stdio: ProcessStdio?
+        var console: ConsoleSocket?
+        reaper.expectingChildren()
+        defer { reaper.doneExpecting() }
+        do {
+            let files = try ProcessStdio.openPaths(process.io, log: nil)
+            if process.io.terminal { console = try ConsoleSocket(path: "\(options.bundle)/execs/\(execID).sock") }
+            if process.io.terminal, let size = process.pendingSize {
+                // runc exec starts the process at once: a size set after it
+                // returns would come too late, so the runtime gets it in the spec.
+                try withConsoleSize(execSpecPath(execID), width: size.width, height: size.height)
+            }
+            else { stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() } }
+            unlink(execPidPath(execID))
+            try await runtime.exec(id: options.id, processFile: execSpecPath(execID), pidFile: execPidPath(execID),
+                                   stdio: stdio?.spawnFDs ?? [-1, -1, -1], consoleSocket: console?.path)
+            stdio?.closeContainerEnds()
+            if let console {
+                stdio = try ProcessStdio.terminal(files, master: try console.receiveMaster(), relay: relay) { process.outputFinished() }
+                console.remove()
+            }
+            let pid = try readPid(execPidPath(execID))
+            process.started(pid: pid, stdio: stdio)
+            process.applyPendingSize()
+            reaper.watch(pid) { [self] code, at in processExited(process, pid: pid, code: code, at: at) }
+        } catch {
+            console?.remove()
+            if let stdio {
+                stdio.closeContainerEnds()
+                stdio.remove(from: relay)
+            }
+            if let e = error as? SysError { throw RPCError(.failedPrecondition, "exec \"\(execID)\": \(e)") }
+            throw error
+        }
+    }
+
+    /// Adds `"consoleSize"` as the last member of the process spec's JSON
+    /// object (where runc's decoder lets it win over an earlier one).
+    private func withConsoleSize(_ path: String, width: UInt32, height: UInt32) throws {
+        var bytes = try Files.read(path)
+        while let last = bytes.last, last == 0x0A || last == 0x20 || last == 0x09 || last == 0x0D { bytes.removeLast() }
+        guard bytes.last == UInt8(ascii: "}") else { throw RPCError(.invalidArgument, "the process spec at \(path) is not a JSON object") }
+        bytes.removeLast()
+        bytes += Array(",\"consoleSize\":{\"height\":\(height),\"width\":\(width)}}".utf8)
+        try Files.writeAtomically(path, bytes)
+    }
+
+    /// Called by the reaper: record durably, then tell the process's waiters.
+    private func processExited(_ process: ShimProcess, pid: Int32, code: Int32, at: WallTime) {
+        journal.record(pid: pid, execID: process.execID, code: code, at: at)
+        process.exited(ShimProcess.ExitInfo(pid: pid, code: UInt32(bitPattern: code), at: at))
+        guard process.execID.isEmpty else { return }
+        // The init is gone. In a pid namespace the kernel has killed the rest;
+        // without one, execs may live on: end them as containerd does.
+        let running = state.withLock { $0.processes.values.filter { !$0.execID.isEmpty && $0.phase == .running } }
+        if !running.isEmpty {
+            Task { try? await runtime.kill(id: options.id, signal: UInt32(SIGKILL), all: true) }
+        }
+    }
+
+    // MARK: - State, Kill, Wait, CloseIO, ResizePty
 
     func state(_ r: Containerd_Task_V2_StateRequest) async throws -> Containerd_Task_V2_StateResponse {
         try checkID(r.id)
-        try checkInit(r.execID)
-        return try state.withLock { (s) throws(RPCError) in
-            var out = Containerd_Task_V2_StateResponse()
-            out.id = options.id
-            out.execID = r.execID
-            out.bundle = s.bundle
-            out.pid = UInt32(s.pid)
-            out.stdin = s.stdin
-            out.stdout = s.stdout
-            out.stderr = s.stderr
-            switch s.phase {
-            case .empty, .deleted: throw RPCError(.notFound, "task \"\(options.id)\" does not exist in this shim (\(s.phase.rawValue))")
-            case .creating, .created: out.status = .created
-            case .running: out.status = .running
-            case .stopped, .deleting: out.status = .stopped
-            }
-            if let e = s.exit {
-                out.status = .stopped
-                out.exitStatus = e.code
-                out.exitedAt = e.timestamp
-            }
-            return out
-        }
+        let (process, bundle) = try processAndBundle(r.execID)
+        return process.stateResponse(taskID: options.id, bundle: bundle)
     }
 
     func kill(_ r: Containerd_Task_V2_KillRequest) async throws -> Google_Protobuf_Empty {
         try checkID(r.id)
-        try checkInit(r.execID)
         guard r.signal >= 1 && r.signal <= 64 else {
             throw RPCError(.invalidArgument, "signal \(r.signal) is out of range: use 1 to 64")
         }
-        let (phase, pid) = state.withLock { ($0.phase, $0.pid) }
-        switch phase {
-        case .empty, .creating, .deleted:
-            throw RPCError(.notFound, "task \"\(options.id)\" is not created")
-        case .stopped, .deleting:
-            throw RPCError(.notFound, "process already finished")
-        case .created, .running:
-            if r.all {
-                try await runtime.kill(id: options.id, signal: r.signal, all: true)
-            } else if try !reaper.signal(pid, Int32(r.signal)) {
-                throw RPCError(.notFound, "process already finished")
-            }
+        let process = try process(r.execID)
+        if process.exit != nil { throw RPCError(.notFound, "process already finished: \(process.name) has exited") }
+        if r.all && r.execID.isEmpty {
+            try await runtime.kill(id: options.id, signal: r.signal, all: true)
+        } else if process.phase == .created && r.execID.isEmpty {
+            try await runtime.kill(id: options.id, signal: r.signal, all: false)
+        } else if process.phase == .created {
+            throw RPCError(.failedPrecondition, "\(process.name) has not been started")
+        } else {
+            try process.signal(Int32(r.signal), reaper: reaper)
         }
-        ShimLog.info("sent signal \(r.signal)\(r.all ? " to all processes" : "") to \(options.id)")
+        ShimLog.info("sent signal \(r.signal)\(r.all ? " to all processes" : "") to \(process.name) of \(options.id)")
         return Google_Protobuf_Empty()
     }
 
     func wait(_ r: Containerd_Task_V2_WaitRequest) async throws -> Containerd_Task_V2_WaitResponse {
         try checkID(r.id)
-        try checkInit(r.execID)
-        try state.withLock { (s) throws(RPCError) in
-            if s.phase == .empty || s.phase == .deleted && s.exit == nil {
-                throw RPCError(.notFound, "task \"\(options.id)\" is not created")
-            }
-        }
-        let e = await waitForExit()
+        let process = try process(r.execID)
+        let e = await process.waitForExit()
         var out = Containerd_Task_V2_WaitResponse()
         out.exitStatus = e.code
         out.exitedAt = e.timestamp
         return out
     }
 
-    private func waitForExit() async -> ExitInfo {
-        await withCheckedContinuation { (c: CheckedContinuation<ExitInfo, Never>) in
-            let done = state.withLock { s -> ExitInfo? in
-                if let e = s.exit { return e }
-                s.exitWaiters.append(c)
-                return nil
-            }
-            if let done { c.resume(returning: done) }
-        }
+    func closeIO(_ r: Containerd_Task_V2_CloseIORequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        let process = try process(r.execID)
+        if r.stdin { try process.closeStdin(relay: relay) }
+        return Google_Protobuf_Empty()
     }
 
-    /// Called by the reaper when the init has been reaped.
-    private func initExited(pid: Int32, code: Int32, at: WallTime) {
-        let info = ExitInfo(pid: pid, code: UInt32(bitPattern: code), at: at)
-        journal.record(pid: pid, execID: "", code: code, at: at)  // durable before anyone hears of it
-        let waiters = state.withLock { s in
-            s.exit = info
-            if s.phase == .created || s.phase == .running || s.phase == .creating { s.phase = .stopped }
-            let w = s.exitWaiters
-            s.exitWaiters = []
-            return w
-        }
-        for w in waiters { w.resume(returning: info) }
+    func resizePty(_ r: Containerd_Task_V2_ResizePtyRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        try process(r.execID).resize(width: r.width, height: r.height)
+        return Google_Protobuf_Empty()
     }
 
-    private func outputFinished() {
-        let waiters = state.withLock { s in
-            s.outputDone = true
-            let w = s.outputWaiters
-            s.outputWaiters = []
-            return w
-        }
-        for w in waiters { w.resume() }
-    }
-
-    // MARK: - Delete, Connect, Shutdown
-
-    /// How long Delete lets the relay drain a stopped task's output.
-    static let outputDrainTimeout: UInt64 = 2_000_000_000
+    // MARK: - Delete
 
     func delete(_ r: Containerd_Task_V2_DeleteRequest) async throws -> Containerd_Task_V2_DeleteResponse {
         try checkID(r.id)
-        try checkInit(r.execID)
-        let prior = try state.withLock { (s) throws(RPCError) -> Phase in
-            switch s.phase {
-            case .created, .stopped:
-                let p = s.phase
-                s.phase = .deleting
-                return p
-            case .running:
-                throw RPCError(.failedPrecondition, "task \"\(options.id)\" is running: kill it first")
-            case .empty, .deleted:
-                throw RPCError(.notFound, "task \"\(options.id)\" does not exist in this shim (\(s.phase.rawValue))")
-            case .creating, .deleting:
-                throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(s.phase.rawValue); try again")
-            }
-        }
-        do {
-            try await runtime.delete(id: options.id, force: true)
-        } catch {
-            state.withLock { $0.phase = prior }
-            throw error
-        }
-        // A created task's init dies with `delete --force`; its exit is recorded like any other.
-        let exit = await waitForExit()
-        await waitForOutput(timeoutNanos: Self.outputDrainTimeout)
-        let (stdio, mounts) = state.withLock { s in
-            s.phase = .deleted
-            defer { s.stdio = nil; s.mounts = [] }
-            return (s.stdio, s.mounts)
-        }
-        stdio?.remove(from: relay)
-        Mounts.unmountAll(mounts)
-        unlink(options.initPidFile)
-        ShimLog.info("deleted container \(options.id) (exit status \(exit.code))")
+        let exit = r.execID.isEmpty ? try await deleteTask() : try await deleteExec(r.execID)
         var out = Containerd_Task_V2_DeleteResponse()
         out.pid = UInt32(exit.pid)
         out.exitStatus = exit.code
@@ -275,31 +311,59 @@ final class TaskService: Sendable {
         return out
     }
 
-    private func waitForOutput(timeoutNanos: UInt64) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [self] in
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let done = state.withLock { s -> Bool in
-                        if s.outputDone || s.stdio == nil { return true }
-                        s.outputWaiters.append(c)
-                        return false
-                    }
-                    if done { c.resume() }
-                }
+    private func deleteExec(_ execID: String) async throws -> ShimProcess.ExitInfo {
+        let process = try process(execID)
+        try process.transition(from: [.created, .stopped], to: .deleted, what: "delete")
+        let exit = process.exit ?? ShimProcess.ExitInfo(pid: 0, code: 0, at: WallTime.now())
+        if process.exit != nil { _ = await process.waitForOutput(timeoutNanos: Self.outputDrainTimeout, relay: relay) }
+        process.releaseStdio(relay: relay)
+        state.withLock { _ = $0.processes.removeValue(forKey: execID) }
+        unlink(execSpecPath(execID))
+        unlink(execPidPath(execID))
+        ShimLog.info("deleted exec \(execID) (exit status \(exit.code))")
+        return exit
+    }
+
+    private func deleteTask() async throws -> ShimProcess.ExitInfo {
+        let process = try process("")
+        try state.withLock { (s) throws(RPCError) in
+            guard s.phase == .live else { throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(s.phase.rawValue); try again") }
+            if process.phase == .running || process.phase == .starting {
+                throw RPCError(.failedPrecondition, "task \"\(options.id)\" is running: kill it first")
             }
-            group.addTask { try? await Task.sleep(nanoseconds: timeoutNanos) }
-            await group.next()
-            group.cancelAll()
+            s.phase = .deleting
         }
-        if !state.withLock({ $0.outputDone || $0.stdio == nil }) {
-            ShimLog.warn("output of \(options.id) still open after \(timeoutNanos / 1_000_000) ms (a process outside the container holds it?); closing it")
+        do {
+            try await runtime.delete(id: options.id, force: true)
+        } catch {
+            state.withLock { $0.phase = .live }
+            throw error
         }
+        // A created task's init dies with `delete --force`; its exit is recorded like any other.
+        let exit = await process.waitForExit()
+        let all = state.withLock { Array($0.processes.values) }
+        for p in all where p.exit != nil {
+            if !(await p.waitForOutput(timeoutNanos: Self.outputDrainTimeout, relay: relay)) {
+                ShimLog.warn("output of \(p.name) not drained (nobody reads it, or a process outside the container holds it open); closing it")
+            }
+        }
+        for p in all { p.releaseStdio(relay: relay); p.set(phase: .deleted) }
+        let mounts = state.withLock { s in
+            s.phase = .deleted
+            defer { s.mounts = [] }
+            return s.mounts
+        }
+        Mounts.unmountAll(mounts)
+        unlink(options.initPidFile)
+        try? Files.removeTree("\(options.bundle)/execs")
+        ShimLog.info("deleted container \(options.id) (exit status \(exit.code))")
+        return exit
     }
 
     func connect(_ r: Containerd_Task_V2_ConnectRequest) async throws -> Containerd_Task_V2_ConnectResponse {
         var out = Containerd_Task_V2_ConnectResponse()
         out.shimPid = UInt32(getpid())
-        out.taskPid = UInt32(state.withLock { $0.pid })
+        out.taskPid = UInt32(initProcess?.pid ?? 0)
         out.version = Self.version
         return out
     }
@@ -310,20 +374,27 @@ final class TaskService: Sendable {
         guard id == options.id else { throw RPCError(.notFound, "this shim serves task \"\(options.id)\", not \"\(id)\"") }
     }
 
-    private func checkInit(_ execID: String) throws(RPCError) {
-        guard execID.isEmpty else { throw RPCError(.unimplemented, "exec'd processes are not implemented yet by \(Self.version)") }
+    private func process(_ execID: String) throws(RPCError) -> ShimProcess {
+        try processAndBundle(execID).0
+    }
+
+    private func processAndBundle(_ execID: String) throws(RPCError) -> (ShimProcess, String) {
+        try state.withLock { (s) throws(RPCError) in
+            switch s.phase {
+            case .empty, .creating: throw RPCError(.notFound, "task \"\(options.id)\" is not created")
+            case .deleted: throw RPCError(.notFound, "task \"\(options.id)\" has been deleted")
+            case .live, .deleting: break
+            }
+            guard let p = s.processes[execID] else {
+                throw RPCError(.notFound, "no exec \"\(execID)\" in task \"\(options.id)\"")
+            }
+            return (p, s.bundle)
+        }
     }
 
     private func readPid(_ path: String) throws -> Int32 {
         let text = try Files.readString(path).filter { !$0.isWhitespace }
         guard let pid = Int32(text), pid > 0 else { throw RPCError(.internal, "pid file \(path) holds \"\(text)\", not a pid") }
         return pid
-    }
-}
-
-extension ProcessStdio {
-    /// Stops relaying this process's streams and closes them.
-    func remove(from relay: StdioRelay) {
-        for id in streams { relay.remove(id) }
     }
 }

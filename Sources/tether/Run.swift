@@ -31,22 +31,99 @@ struct TaskOptions: ParsableArguments {
         for e in env where !e.contains("=") { throw UsageError("--env \(e) is not K=V") }
     }
 
-    func request(io: IO) -> CreateTaskRequest {
-        let abs = { (p: String) in p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p }
+    @Option(help: "Also write stdout and stderr to this file, one CRI log record per line.")
+    var log: String?
+
+    @Option(help: "Rotate the log past this size (bytes, or with K, M, G).")
+    var logMaxSize: String?
+
+    func request(fifos: FifoRequest?) throws -> CreateTaskRequest {
+        var logRequest: LogRequest?
+        if let log {
+            var max: UInt64?
+            if let text = logMaxSize {
+                guard let n = parseSize(text) else { throw UsageError("--log-max-size \(text) is not a size (e.g. 10M)") }
+                max = n
+            }
+            logRequest = LogRequest(path: absolute(log), maxSize: max)
+        }
         return CreateTaskRequest(id: id, args: command.isEmpty ? nil : command, env: env.isEmpty ? nil : env, cwd: cwd,
-                                 rootfs: rootfs.map(abs), bundle: bundle.map(abs), io: io)
+                                 rootfs: rootfs.map(absolute), bundle: bundle.map(absolute), fifos: fifos, log: logRequest)
     }
+}
+
+func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p }
+
+/// "4096", "64K", "10M", "1G".
+func parseSize(_ s: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+    if let last = s.uppercased().last, let unit = units[last] { return UInt64(s.dropLast()).map { $0 * unit } }
+    return UInt64(s)
+}
+
+/// What foreground `run`, `exec` and `attach` share: relay the process's
+/// stdio, forward signals or window sizes, and wait for its exit or for
+/// the user to detach.
+struct Session {
+    enum Outcome { case exited(Exit), detached }
+
+    let attachment: Attachment
+    let tty: Bool
+    let stdin: Bool
+
+    /// Runs until the process exits (and its output is drained) or the user
+    /// detaches. `start` starts the process (nil when attaching to a running one).
+    func run(resize: @escaping @Sendable (UInt16, UInt16) -> Void, kill: @escaping @Sendable (Int32) -> Void,
+             closeIO: @escaping @Sendable () -> Void, start: (() throws -> Void)?, wait: @escaping @Sendable () throws -> Exit) throws -> Outcome {
+        let raw = tty ? RawTerminal.enter() : nil
+        defer { raw?.restore() }
+        let winch = tty ? WindowSizeForwarder(resize: resize) : nil
+        defer { winch?.stop() }
+        try start?()
+        try attachment.start(stdin: stdin, closeIO: closeIO)
+        let forwarder = tty ? nil : SignalForwarder(kill)
+        defer { forwarder?.stop() }
+
+        let result = Box<Result<Outcome, any Error>>()
+        let finished = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            result.set(Result { .exited(try wait()) })
+            finished.signal()
+        }
+        let attachment = self.attachment
+        Thread.detachNewThread {
+            attachment.detached.wait()
+            result.set(.success(.detached))
+            finished.signal()
+        }
+        finished.wait()
+        let outcome = try result.get()!.get()
+        if case .exited = outcome { attachment.waitForOutput() }
+        return outcome
+    }
+}
+
+/// A value set once by one thread and read by another.
+final class Box<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T?
+    func set(_ v: T) { lock.lock(); if value == nil { value = v }; lock.unlock() }
+    func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create and start a task; in the foreground, relay its output and exit with its status.",
-        discussion: "With neither --rootfs nor --bundle the task runs on the embedded busybox rootfs.")
+        abstract: "Create and start a task; in the foreground, relay its stdio and exit with its status.",
+        discussion: """
+            With neither --rootfs nor --bundle the task runs on the embedded busybox rootfs.
+            With -t the local terminal goes raw; ctrl-p ctrl-q detaches and leaves the task running.
+            """)
 
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Delete the task once it has exited.") var rm = false
-    @Flag(name: [.short, .long], help: "Start the task and return; its output is discarded.") var detach = false
-    @Option(help: "Where to make the stdio FIFOs. Default: the socket's directory/fifo.") var fifoDir: String?
+    @Flag(name: [.short, .long], help: "Start the task and return. Its output is discarded (or logged, with --log) unless -i or -t keeps it for 'tether attach'.") var detach = false
+    @Flag(name: [.short, .long], help: "Keep stdin open and pass ours to the task.") var interactive = false
+    @Flag(name: [.short, .long], help: "Give the task a terminal (and pass ours to it).") var tty = false
     @OptionGroup var task: TaskOptions
 
     func run() throws {
@@ -54,29 +131,36 @@ struct Run: ParsableCommand {
             try task.check()
             if rm && detach { throw UsageError("--rm and --detach cannot be used together: a detached task is deleted with 'tether delete'") }
             let api = global.client
+            let id = task.id
+            // Detached without -i or -t, the output is discarded, as with `ctr run -d`
+            // (or logged with --log); otherwise FIFOs to attach to, and come back to.
+            let attachable = !detach || interactive || tty
+            let view = try api.create(task.request(fifos: attachable ? FifoRequest(stdin: interactive || tty, terminal: tty) : nil))
             if detach {
-                _ = try api.create(task.request(io: IO()))
-                do { _ = try api.start(task.id) } catch {
-                    _ = try? api.delete(task.id)
+                do { _ = try api.start(id) } catch {
+                    _ = try? api.delete(id)
                     throw error
                 }
-                print(task.id)
+                print(id)
                 return
             }
-            let fifos = try StdioFifos(root: fifoDir ?? (global.address as NSString).deletingLastPathComponent + "/fifo",
-                                       name: "\(global.namespace)-\(task.id)")
-            defer { fifos.remove() }
-            _ = try api.create(task.request(io: fifos.io))
-            fifos.startCopying()
-            do { _ = try api.start(task.id) } catch {
-                _ = try? api.delete(task.id)
-                throw error
+            let session = Session(attachment: try Attachment(view.io), tty: tty, stdin: interactive || tty)
+            let outcome = try session.run(
+                resize: { rows, cols in try? api.resize(id, width: UInt32(cols), height: UInt32(rows)) },
+                kill: { sig in try? api.kill(id, signal: String(sig), all: false) },
+                closeIO: { try? api.closeIO(id) },
+                start: {
+                    do { _ = try api.start(id) } catch {
+                        _ = try? api.delete(id)
+                        throw error
+                    }
+                },
+                wait: { try api.wait(id) })
+            guard case .exited(let exit) = outcome else {
+                printError("tether: detached from \(id); it keeps running ('tether attach \(id)' to come back)")
+                return
             }
-            let forwarding = SignalForwarder(api: api, id: task.id)
-            let exit = try api.wait(task.id)
-            forwarding.stop()
-            fifos.waitForOutput()
-            if rm { _ = try api.delete(task.id) }
+            if rm { _ = try api.delete(id) }
             throw ExitCode(Int32(truncatingIfNeeded: exit.status))
         }
     }
@@ -84,15 +168,17 @@ struct Run: ParsableCommand {
 
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create a task without starting it (its output is discarded; start it with 'tether start').")
+        abstract: "Create a task without starting it (start it with 'tether start', see its output with 'tether attach').")
 
     @OptionGroup var global: GlobalOptions
+    @Flag(name: [.short, .long], help: "Keep a stdin for the task ('tether attach -i').") var interactive = false
+    @Flag(name: [.short, .long], help: "Give the task a terminal.") var tty = false
     @OptionGroup var task: TaskOptions
 
     func run() throws {
         try guarded {
             try task.check()
-            let t = try global.client.create(task.request(io: IO()))
+            let t = try global.client.create(task.request(fifos: FifoRequest(stdin: interactive || tty, terminal: tty)))
             print("\(t.id) \(t.pid)")
         }
     }

@@ -61,12 +61,18 @@ struct Kill: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Option(name: .shortAndLong, help: "A signal name (TERM, SIGKILL, ...) or number.") var signal = "TERM"
     @Flag(help: "Signal every process in the container, not just its init.") var all = false
+    @Option(help: "Signal only this exec'd process.") var execID: String?
     @Argument(help: "The task ID.") var id: String
 
     func run() throws {
         try guarded {
             _ = try Signals.parse(signal)
-            try global.client.kill(id, signal: signal, all: all)
+            if let execID {
+                if all { throw UsageError("--all and --exec-id cannot be used together: --all signals the whole container") }
+                try global.client.killExec(id, execID, signal: signal)
+            } else {
+                try global.client.kill(id, signal: signal, all: all)
+            }
         }
     }
 }

@@ -25,7 +25,8 @@ func withDaemon(_ args: [String] = [], _ body: (TestDaemon) async throws -> Void
 func makeBundle(in dir: String, id: String, args: [String], edit: (inout [String: Any]) -> Void = { _ in }) throws -> String {
     let bundle = "\(dir)/bundle-\(id)"
     try Files.makeDirectories(bundle)
-    var spec = SpecBuilder.spec(namespace: "default", id: id, process: .init(args: args), rootfs: Prerequisites.rootfs)
+    var spec = SpecBuilder.spec(namespace: "default", id: id, process: .init(args: args), rootfs: Prerequisites.rootfs,
+                                cgroupParent: Layout(root: "", state: dir).cgroupParent)
     var root = spec["root"] as! [String: Any]
     root["readonly"] = true
     spec["root"] = root
@@ -76,22 +77,20 @@ struct LifecycleTests {
             let fifos = "\(d.dir)/fifos"
             try Files.makeDirectories(fifos)
             for name in ["in", "out", "err"] { try Files.makeFifo("\(fifos)/\(name)") }
-            let api = APIClient(address: d.address, namespace: "default")
+            let api = AsyncAPI(d)
             let io = IO(stdin: "\(fifos)/in", stdout: "\(fifos)/out", stderr: "\(fifos)/err")
             // Nobody holds the other ends: create must return, and stdin and
             // stderr stay unopened by anyone to the end.
-            let view = try await offPool {
-                try api.create(CreateTaskRequest(id: "f", args: ["sh", "-c", "echo out; echo err >&2; exit 4"], io: io))
-            }
+            let view = try await api.create(CreateTaskRequest(id: "f", args: ["sh", "-c", "echo out; echo err >&2; exit 4"], io: io))
             #expect(view.status == .created && view.io == io)
             #expect(Files.mounts(under: d.bundle("f")) == ["\(d.bundle("f"))/rootfs"])
             // A reader that comes after create still gets the output.
             let out = try FD.open("\(fifos)/out", O_RDONLY | O_NONBLOCK)
-            _ = try await offPool { try api.start("f") }
-            #expect(try await offPool { try api.wait("f") }.status == 4)
+            _ = try await api.start("f")
+            #expect(try await api.wait("f").status == 4)
             try out.setNonBlocking(false)
             #expect(String(decoding: try out.readToEnd(), as: UTF8.self) == "out\n")
-            #expect(try await offPool { try api.delete("f") }.status == 4)
+            #expect(try await api.delete("f").status == 4)
             #expect(Files.mounts(under: d.state).isEmpty)
         }
     }

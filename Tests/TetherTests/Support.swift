@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import Testing
 import TetherRuntime
+import CTether
 import TetherSys
 
 /// What the integration tests need: root, runc and the built binaries.
@@ -41,43 +42,61 @@ struct CLIResult: Sendable, CustomStringConvertible {
     var description: String { "exit \(status), stdout \(out.debugDescription), stderr \(err.debugDescription)" }
 }
 
-/// Runs a program to completion with a deadline; returns its status and output.
+/// Runs a program to completion with a deadline; returns its status (128+N
+/// for a death by signal N) and output. Started and reaped with our own
+/// spawn and waitpid: Foundation's Process once left a tmux client unreaped.
 func runProgram(_ path: String, _ args: [String], env: [String: String] = [:], stdin: Data? = nil,
                 timeout: TimeInterval = 60) async throws -> CLIResult {
     try await offPool {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = args
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = stdin == nil ? FileHandle.nullDevice : input
-        let done = DispatchSemaphore(value: 0)
-        p.terminationHandler = { _ in done.signal() }
-        try p.run()
-        if let stdin {
-            input.fileHandleForWriting.write(stdin)
-            try? input.fileHandleForWriting.close()
+        let out = try FD.pipe(), err = try FD.pipe()
+        let input = stdin == nil ? nil : try FD.pipe()
+        var options = Spawn.Options()
+        options.fds = [input?.read.raw ?? -1, out.write.raw, err.write.raw]
+        options.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }.map { "\($0)=\($1)" }
+        let pid = try Spawn.spawn(path, [path] + args, options)
+        out.write.close()
+        err.write.close()
+        input?.read.close()
+        if let stdin, let input {
+            Thread.detachNewThread {
+                try? input.write.writeAll(Array(stdin))
+                input.write.close()
+            }
         }
-        let o = ReadAll(out.fileHandleForReading), e = ReadAll(err.fileHandleForReading)
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            kill(p.processIdentifier, SIGKILL)
-            done.wait()
-            Issue.record("\(path) \(args) did not finish within \(timeout) s")
+        let o = ReadAll(out.read), e = ReadAll(err.read)
+        let timedOut = Box(false)
+        let timer = DispatchWorkItem {
+            timedOut.value = true
+            kill(pid, SIGKILL)
         }
-        return CLIResult(status: p.terminationStatus, out: o.wait(), err: e.wait())
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
+        var status: Int32 = 0
+        _ = tether_wait_pid(pid, &status)
+        timer.cancel()
+        if timedOut.value { Issue.record("\(path) \(args) did not finish within \(timeout) s") }
+        return CLIResult(status: tether_exit_code(status), out: o.wait(), err: e.wait())
+    }
+}
+
+final class Box<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: T
+    init(_ v: T) { self.v = v }
+    var value: T {
+        get { lock.lock(); defer { lock.unlock() }; return v }
+        set { lock.lock(); v = newValue; lock.unlock() }
     }
 }
 
 /// Reads a pipe to its end on a thread of its own.
 final class ReadAll: @unchecked Sendable {
-    private var data = Data()
+    private var data: [UInt8] = []
     private let done = DispatchSemaphore(value: 0)
 
-    init(_ h: FileHandle) {
+    init(_ fd: FD) {
         Thread.detachNewThread { [self] in
-            data = h.readDataToEndOfFile()
+            data = (try? fd.readToEnd(limit: 1 << 30)) ?? []
+            fd.close()
             done.signal()
         }
     }
@@ -175,9 +194,10 @@ final class TestDaemon: @unchecked Sendable {
     /// mount or directory; anything found is a test failure, then cleaned up.
     func finish() async throws {
         if process == nil { try await start() }
-        let left = try await tether("ls", "-q").out.split(separator: "\n")
+        let ls = try await tether("ls", "-q")
+        let left = ls.out.split(separator: "\n")
         for id in left {
-            Issue.record("the test left task \(id) behind")
+            Issue.record("the test left task \(id) behind (\(ls))")
             _ = try await tether("kill", "-s", "KILL", String(id))
             _ = try await tether("delete", String(id))
         }

@@ -1,0 +1,152 @@
+import Foundation
+import TetherClient
+import TetherRuntime
+import TetherSys
+
+/// The CLI's end of a process's stdio: the FIFOs the manager made in the
+/// task's bundle. Output FIFOs are copied to our stdout and stderr until end
+/// of file (the shim closes its end once the process's output is drained);
+/// our stdin, when asked, goes to the stdin FIFO, and its end becomes CloseIO.
+final class Attachment: @unchecked Sendable {
+    private let out: FD?
+    private let err: FD?
+    private let io: IO
+    private let done = DispatchGroup()
+    /// Set when the user typed the detach keys (ctrl-p ctrl-q) in a terminal session.
+    let detached = DispatchSemaphore(value: 0)
+
+    /// Opens the output FIFOs (non-blocking: the open never waits; poll does).
+    init(_ io: IO) throws {
+        self.io = io
+        out = io.stdout.isEmpty ? nil : try FD.open(io.stdout, O_RDONLY | O_NONBLOCK)
+        err = io.stderr.isEmpty ? nil : try FD.open(io.stderr, O_RDONLY | O_NONBLOCK)
+    }
+
+    /// Starts copying output, and stdin when `stdin` is set. `closeIO` runs
+    /// when our stdin reaches end of file (not in a terminal session).
+    func start(stdin: Bool, closeIO: @escaping @Sendable () -> Void) throws {
+        signal(SIGPIPE, SIG_IGN)
+        for (src, dst) in [(out, Int32(1)), (err, Int32(2))] {
+            guard let src else { continue }
+            done.enter()
+            Thread.detachNewThread { [done] in
+                Self.copyOut(src, to: dst)
+                done.leave()
+            }
+        }
+        guard stdin, !io.stdin.isEmpty else { return }
+        let fifo = try FD.open(io.stdin, O_WRONLY)  // the shim holds the read end: never blocks
+        let terminal = io.terminal
+        Thread.detachNewThread { [detached] in
+            let detachedByKeys = Self.copyIn(to: fifo, watchDetachKeys: terminal)
+            fifo.close()
+            if detachedByKeys { detached.signal() } else if !terminal { closeIO() }
+        }
+    }
+
+    /// Waits for the end of the output.
+    func waitForOutput() { done.wait() }
+
+    /// Copies until end of file. If our own output goes away (EPIPE), keeps
+    /// reading and dropping, so the process never blocks on a full pipe.
+    private static func copyOut(_ src: FD, to dst: Int32) {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var sinkOpen = true
+        while true {
+            var p = pollfd(fd: src.raw, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, -1) < 0 { if errno == EINTR { continue } else { return } }
+            let n = buf.withUnsafeMutableBytes { read(src.raw, $0.baseAddress!, $0.count) }
+            if n == 0 { return }
+            if n < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+            var off = 0
+            while sinkOpen && off < n {
+                let w = buf.withUnsafeBytes { write(dst, $0.baseAddress! + off, n - off) }
+                if w < 0 { if errno == EINTR { continue }; sinkOpen = false; break }
+                off += w
+            }
+        }
+    }
+
+    /// Copies our stdin to the FIFO until end of file (false) or, in a
+    /// terminal, until ctrl-p ctrl-q (true), which is not passed on.
+    private static func copyIn(to fifo: FD, watchDetachKeys: Bool) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var sawCtrlP = false
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(0, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            var chunk = Array(buf[0..<n])
+            if watchDetachKeys {
+                for (i, b) in chunk.enumerated() {
+                    if sawCtrlP && b == 0x11 {
+                        if i > 1 { try? fifo.writeAll(Array(chunk[0..<(i - 1)])) }
+                        return true
+                    }
+                    sawCtrlP = b == 0x10
+                }
+                // Hold back a trailing ctrl-p until we know what follows it.
+                if sawCtrlP { chunk.removeLast() }
+            }
+            do { try fifo.writeAll(chunk) } catch { return false }
+        }
+    }
+}
+
+/// The local terminal in raw mode for a `-t` session, restored on every way
+/// out: normal return, error, and SIGTERM/SIGHUP/SIGINT to the CLI.
+final class RawTerminal: @unchecked Sendable {
+    nonisolated(unsafe) private static var saved: termios?
+
+    /// Puts stdin in raw mode if it is a terminal; returns nil otherwise.
+    static func enter() -> RawTerminal? {
+        guard isatty(0) == 1 else { return nil }
+        var t = termios()
+        guard tcgetattr(0, &t) == 0 else { return nil }
+        saved = t
+        var raw = t
+        cfmakeraw(&raw)
+        tcsetattr(0, TCSANOW, &raw)
+        for sig in [SIGTERM, SIGHUP, SIGINT, SIGQUIT] {
+            signal(sig) { s in
+                RawTerminal.restoreNow()
+                signal(s, SIG_DFL)
+                raise(s)
+            }
+        }
+        return RawTerminal()
+    }
+
+    static func restoreNow() {
+        if var t = saved { tcsetattr(0, TCSANOW, &t) }
+    }
+
+    func restore() {
+        Self.restoreNow()
+        Self.saved = nil
+    }
+
+    /// The local window size (rows, columns), if stdin or stdout is a terminal.
+    static func size() -> (rows: UInt16, cols: UInt16)? {
+        var rows: UInt16 = 0, cols: UInt16 = 0
+        for fd in [Int32(0), 1] where tether_get_winsize(fd, &rows, &cols) == 0 && rows > 0 { return (rows, cols) }
+        return nil
+    }
+}
+
+/// Resizes the remote pty whenever ours changes (SIGWINCH), and once now.
+final class WindowSizeForwarder: @unchecked Sendable {
+    private let source: any DispatchSourceSignal
+
+    init(resize: @escaping @Sendable (UInt16, UInt16) -> Void) {
+        signal(SIGWINCH, SIG_IGN)
+        source = DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global())
+        source.setEventHandler { if let s = RawTerminal.size() { resize(s.rows, s.cols) } }
+        source.resume()
+        if let s = RawTerminal.size() { resize(s.rows, s.cols) }
+    }
+
+    func stop() { source.cancel() }
+}
+
+import CTether
