@@ -88,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherClient", "TetherAPI", "TetherSys", "CTether",
+                "TetherClient", "TetherAPI", "TetherSys", "CTether", "TTRPC", "TetherProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -123,8 +123,12 @@ public struct TaskView: Codable, Sendable {
     public var exitReason: String?
     public var io: IO
     public var runtime: String
+    /// The task's bundle and state directory (its shim's socket is shim.sock there).
+    public var bundle: String?
+    public var shimPid: Int32?
 
-    public init(namespace: String, id: String, pid: UInt32, status: Status, exit: Exit?, exitReason: String?, io: IO, runtime: String) {
+    public init(namespace: String, id: String, pid: UInt32, status: Status, exit: Exit?, exitReason: String?, io: IO, runtime: String,
+                bundle: String? = nil, shimPid: Int32? = nil) {
         self.namespace = namespace
         self.id = id
         self.pid = pid
@@ -133,6 +137,8 @@ public struct TaskView: Codable, Sendable {
         self.exitReason = exitReason
         self.io = io
         self.runtime = runtime
+        self.bundle = bundle
+        self.shimPid = shimPid
     }
 }
 

@@ -117,12 +117,18 @@ public final class ShimRuntime: Runtime, Sendable {
             try Files.makeDirectories(layout.runtimeRoot(namespace))
             try record.save()
 
+            await TestHook.reach("create.before-shim")
             let shimPid = try await launcher.launch(record)
             record.shimPid = shimPid
-            try task.update { $0.shimPid = shimPid }
+            let startTime = Proc.startTime(shimPid) ?? 0
+            try task.update { r in
+                r.shimPid = shimPid
+                r.shimStartTime = startTime
+            }
             watcher.watch(shimPid) { [weak task] code in task?.shimExited(code: code) }
             let client = try await ShimClient.connect("\(bundle)/shim.sock", group: group)
             task.attach(client)
+            await TestHook.reach("create.before-create-call")
 
             var req = Containerd_Task_V2_CreateTaskRequest()
             req.id = id
@@ -183,11 +189,25 @@ public final class ShimRuntime: Runtime, Sendable {
         return exit
     }
 
+    func task(forKey key: TaskKey) -> ShimTask? { tasksByKey.withLock { $0[key] } }
+
+    /// Adds a reloaded task.
+    func insert(_ task: ShimTask) {
+        tasksByKey.withLock { $0[TaskKey(namespace: task.info.namespace, id: task.id)] = task }
+    }
+
+    func remove(_ task: ShimTask) {
+        tasksByKey.withLock { t in
+            let key = TaskKey(namespace: task.info.namespace, id: task.id)
+            if t[key] === task { t.removeValue(forKey: key) }
+        }
+    }
+
     // MARK: - exits
 
     /// An exit record from the pipe (or from Exits.Pending): hand it to its task.
     func deliver(_ r: Tether_Shim_V1_ExitRecord) {
-        guard let t = tasksByKey.withLock({ $0[TaskKey(namespace: r.namespace, id: r.id)] }),
+        guard let t = task(forKey: TaskKey(namespace: r.namespace, id: r.id)),
               t.record.instance == r.instance else {
             logger.debug("exit record for a task that is gone", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "seq": "\(r.seq)"])
             return
@@ -265,75 +285,6 @@ public final class ShimRuntime: Runtime, Sendable {
     static func newInstance() -> String {
         var g = SystemRandomNumberGenerator()
         return String(g.next() as UInt64, radix: 16)
-    }
-
-    /// Picks up the tasks an earlier manager left: each record on disk
-    /// becomes a task again, reconnected to its shim, with the exits it
-    /// missed fetched from the shim (Exits.Pending). A task whose shim is
-    /// gone goes through the dead-shim path; a half-created one is removed.
-    func reload() async {
-        var found: [(String, String)] = []
-        for ns in (try? Files.listDirectory(layout.tasksDir)) ?? [] where Identifier.isValid(ns) {
-            for id in (try? Files.listDirectory("\(layout.tasksDir)/\(ns)")) ?? [] where Identifier.isValid(id) {
-                found.append((ns, id))
-            }
-        }
-        await withTaskGroup(of: Void.self) { group in
-            for (ns, id) in found {
-                group.addTask { [self] in await reloadTask(ns, id) }
-            }
-        }
-        if !found.isEmpty { logger.info("reloaded tasks", metadata: ["count": "\(found.count)"]) }
-    }
-
-    private func reloadTask(_ namespace: String, _ id: String) async {
-        let path = layout.record(namespace, id)
-        let record: TaskRecord
-        do {
-            record = try TaskRecord.load(path)
-        } catch {
-            logger.error("task record \(path) is unreadable (\(error)); leaving the task alone")
-            return
-        }
-        let spec = (try? Files.read("\(record.bundle)/config.json")).map { Data($0) } ?? Data()
-        let task = ShimTask(runtime: self, record: record, spec: spec)
-        let key = TaskKey(namespace: namespace, id: id)
-        tasksByKey.withLock { $0[key] = task }
-        let alive = record.shimPid > 0 && Self.isShim(pid: record.shimPid, namespace: namespace, id: id)
-            && watcher.watch(record.shimPid) { [weak task] code in task?.shimExited(code: code) }
-        if record.phase == .creating {
-            // The manager died mid-create: finish nothing, remove everything.
-            logger.warning("removing a task that was half created when the manager stopped", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
-            if alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) { task.attach(client) }
-            if !alive { task.shimExited(code: nil) }
-            await task.stopShim(now: true)
-            _ = await runRuntime(record.runtime, ["--root", layout.runtimeRoot(namespace), "delete", "--force", id])
-            try? removeBundle(record.bundle)
-            if let s = record.scratch { try? Files.removeTree(s) }
-            tasksByKey.withLock { _ = $0.removeValue(forKey: key) }
-            return
-        }
-        guard alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) else {
-            logger.warning("the shim of a task is gone", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
-            task.shimExited(code: nil)
-            await task.cleanUpAfterDeadShim().value
-            return
-        }
-        task.attach(client)
-        if let pending = try? await client.call("tether.shim.v1.Exits", "Pending", Tether_Shim_V1_PendingRequest(),
-                                                as: Tether_Shim_V1_PendingResponse.self, timeout: .seconds(5)) {
-            for r in pending.records where r.instance == record.instance { task.apply(r) }
-        }
-        if record.phase == .running { try? config.monitor.monitor(task) }
-    }
-
-    /// Is `pid` the tether-shim of namespace/id (and not a process that took its pid)?
-    static func isShim(pid: Int32, namespace: String, id: String) -> Bool {
-        guard let raw = try? Files.read("/proc/\(pid)/cmdline") else { return false }
-        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        guard let first = args.first, first.hasSuffix("tether-shim") else { return false }
-        func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
-        return value("--id") == id && value("--namespace") == namespace
     }
 }
 

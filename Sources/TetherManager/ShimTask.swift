@@ -51,6 +51,8 @@ public final class ShimTask: RuntimeTask, Sendable {
 
     /// Why the manager recorded the exit itself (the shim died), if it did.
     public var exitReason: String? { record.exitReason }
+    public var bundle: String { record.bundle }
+    public var shimPid: Int32 { record.shimPid }
     var logger: Logger { runtime.logger }
 
     /// Half-created tasks are not shown to anyone.
@@ -264,6 +266,23 @@ public final class ShimTask: RuntimeTask, Sendable {
 
     func execRecord(_ execID: String) -> ExecRecord? { state.withLock { $0.record.execs[execID] } }
 
+    /// After a reload: drops exec records the shim never heard of (the last
+    /// manager died between writing the record and the Exec call).
+    func reconcileExecs(timeout: TimeAmount) async throws {
+        let open = state.withLock { $0.record.execs.filter { $0.value.exit == nil }.map(\.key) }
+        for execID in open {
+            var req = Containerd_Task_V2_StateRequest()
+            req.id = id
+            req.execID = execID
+            do {
+                let _: Containerd_Task_V2_StateResponse = try await rpc("State", req, timeout: timeout)
+            } catch let e as RuntimeError where e.code == .containerDoesNotExist {
+                logger.info("dropping an exec the shim never started", metadata: ["id": "\(id)", "exec": "\(execID)"])
+                forgetExec(execID)
+            }
+        }
+    }
+
     // MARK: - exits
 
     /// Takes an exit record from the shim: stores it, wakes the waiters, acks it.
@@ -375,6 +394,7 @@ public final class ShimTask: RuntimeTask, Sendable {
             s.deleting = true
             return p
         }
+        await TestHook.reach("delete.before-delete-call")
         var shimDead = state.withLock { $0.shimGone }
         var fromShim: Exit?
         if !shimDead {
@@ -383,6 +403,8 @@ public final class ShimTask: RuntimeTask, Sendable {
             do {
                 let resp = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self, timeout: .seconds(60))
                 fromShim = Exit(pid: resp.pid, status: resp.exitStatus, timestamp: resp.exitedAt.date)
+            } catch let e as RuntimeError where e.code == .containerDoesNotExist {
+                logger.info("the shim had no container to delete", metadata: ["id": "\(id)", "error": "\(e.message)"])
             } catch let e as RuntimeError where e.code == .unavailable {
                 shimDead = true  // it died or hangs: clean up without it
             } catch {
@@ -428,7 +450,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         }
         if await !shimGone(within: .seconds(5)) {
             logger.warning("shim did not exit after Shutdown; killing it", metadata: ["id": "\(id)", "pid": "\(pid)"])
-            Glibc.kill(pid, SIGKILL)
+            runtime.watcher.signal(pid, SIGKILL)
             _ = await shimGone(within: .seconds(5))
         }
     }

@@ -10,7 +10,7 @@ final class ShimWatcher: Sendable {
     typealias OnExit = @Sendable (_ code: Int32?) -> Void
 
     private let epfd: FD
-    private let watched = Mutex<[Int32: (pidfd: FD, onExit: OnExit)]>([:])
+    private let watched = Mutex<[Int32: (pid: Int32, pidfd: FD, onExit: OnExit)]>([:])
 
     init() throws(SysError) {
         epfd = FD(try check(tether_epoll_create(), "epoll_create1"))
@@ -24,12 +24,22 @@ final class ShimWatcher: Sendable {
         let raw = tether_pidfd_open(pid)
         guard raw >= 0 else { return false }
         let pidfd = FD(raw)
-        watched.withLock { $0[raw] = (pidfd, onExit) }
+        watched.withLock { $0[raw] = (pid, pidfd, onExit) }
         if tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), raw, UInt32(TETHER_EPOLLIN), UInt64(raw)) < 0 {
             watched.withLock { _ = $0.removeValue(forKey: raw) }
             return false
         }
         return true
+    }
+
+    /// Signals a watched process through its pidfd: never a process that
+    /// has since taken its pid. False if it is not watched (or gone).
+    @discardableResult
+    func signal(_ pid: Int32, _ sig: Int32) -> Bool {
+        watched.withLock { w in
+            guard let e = w.values.first(where: { $0.pid == pid }) else { return false }
+            return tether_pidfd_send_signal(e.pidfd.raw, sig) == 0
+        }
     }
 
     private func loop() {

@@ -32,6 +32,8 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     public var phase: Phase
     public var pid: UInt32 = 0
     public var shimPid: Int32 = 0
+    /// The shim's start time (/proc/PID/stat): with shimPid, names the shim for good.
+    public var shimStartTime: UInt64 = 0
     /// The init's exit, once the shim has reported it.
     public var exit: Exit?
     /// Why the exit was recorded by the manager rather than the shim, if it was.
@@ -57,7 +59,7 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case version, namespace, id, instance, runtime, bundle, io, rootfs, scratch, phase, pid, shimPid, exit, exitReason, execs, ackedSeq, createdAt
+        case version, namespace, id, instance, runtime, bundle, io, rootfs, scratch, phase, pid, shimPid, shimStartTime, exit, exitReason, execs, ackedSeq, createdAt
     }
 
     public init(from d: Decoder) throws {
@@ -74,6 +76,7 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         phase = try c.decode(Phase.self, forKey: .phase)
         pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
         shimPid = try c.decodeIfPresent(Int32.self, forKey: .shimPid) ?? 0
+        shimStartTime = try c.decodeIfPresent(UInt64.self, forKey: .shimStartTime) ?? 0
         exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
         exitReason = try c.decodeIfPresent(String.self, forKey: .exitReason)
         execs = try c.decodeIfPresent([String: ExecRecord].self, forKey: .execs) ?? [:]

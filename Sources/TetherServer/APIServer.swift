@@ -168,10 +168,10 @@ public struct APIServer: Sendable {
 
     private func taskView(_ t: any RuntimeTask) async throws -> TaskView {
         let s = try await t.state()
-        let reason = (t as? ShimTask)?.exitReason
+        let shim = t as? ShimTask
         return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit,
-                        exitReason: reason, io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
-                        runtime: t.info.runtime)
+                        exitReason: shim?.exitReason, io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
+                        runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid)
     }
 
     private func task(_ c: BasicRequestContext) async throws -> any RuntimeTask {

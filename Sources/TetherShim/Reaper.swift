@@ -120,6 +120,15 @@ public final class Reaper: Sendable {
         }
     }
 
+    /// SIGKILLs every child still registered (runtime calls in flight, the
+    /// container's processes): for Shutdown(now), which must leave nothing
+    /// half done behind the manager's back.
+    public func killAll() {
+        table.withLock { t in
+            for pid in t.handlers.keys { Glibc.kill(pid, SIGKILL) }
+        }
+    }
+
     /// Marks the start of a window in which a process we did not spawn
     /// directly (the container's init, an exec) will be reported to us.
     public func expectingChildren() { table.withLock { $0.starts += 1 } }

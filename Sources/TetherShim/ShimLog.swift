@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import TetherRuntime
 import TetherSys
 
 /// The shim's log: one line per event on stderr, which the manager points at
@@ -16,7 +17,8 @@ public enum ShimLog {
     }
 
     private static func write(_ level: String, _ message: String) {
-        let line = "\(WallTime.now()) \(level) tether-shim[\(getpid())]: \(message)\n"
+        let now = WallTime.now()
+        let line = "\(RFC3339.format(seconds: now.seconds, nanos: now.nanos)) \(level) tether-shim[\(getpid())]: \(message)\n"
         line.utf8CString.withUnsafeBufferPointer { b in
             _ = Glibc.write(2, b.baseAddress!, b.count - 1)  // one write: lines never interleave
         }

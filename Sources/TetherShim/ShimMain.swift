@@ -100,8 +100,11 @@ public enum ShimMain {
         r.add(task, "Shutdown") { (req: Containerd_Task_V2_ShutdownRequest) async throws -> Google_Protobuf_Empty in
             try s.checkID(req.id)
             if req.now || s.isIdle {
-                ShimLog.info("shutdown requested\(req.now ? " (now)" : ""): exiting")
+                ShimLog.info("shutdown requested\(req.now ? " (now): killing what is left of the task," : ""): exiting")
+                if req.now { s.reaper.killAll() }
                 exiting.store(true, ordering: .sequentiallyConsistent)
+            } else {
+                ShimLog.info("shutdown requested while the task still has a container: staying")
             }
             return Google_Protobuf_Empty()
         }

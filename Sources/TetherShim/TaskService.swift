@@ -33,6 +33,9 @@ final class TaskService: Sendable {
         var bundle = ""
         var mounts: [String] = []
         var processes: [String: ShimProcess] = [:]
+        /// The task's delete, once begun: a second Delete (a restarted
+        /// manager's) waits for it, and one after it gets the same exit.
+        var deletion: Task<ShimProcess.ExitInfo, any Error>?
     }
 
     let options: ShimOptions
@@ -325,18 +328,30 @@ final class TaskService: Sendable {
     }
 
     private func deleteTask() async throws -> ShimProcess.ExitInfo {
-        let process = try process("")
-        try state.withLock { (s) throws(RPCError) in
-            guard s.phase == .live else { throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(s.phase.rawValue); try again") }
+        let deletion = try state.withLock { (s) throws(RPCError) -> Task<ShimProcess.ExitInfo, any Error> in
+            if let d = s.deletion { return d }
+            guard s.phase == .live, let process = s.processes[""] else {
+                throw RPCError(.notFound, "task \"\(options.id)\" is \(s.phase == .empty ? "not created" : s.phase.rawValue)")
+            }
             if process.phase == .running || process.phase == .starting {
                 throw RPCError(.failedPrecondition, "task \"\(options.id)\" is running: kill it first")
             }
             s.phase = .deleting
+            let d = Task { try await performDelete(process) }
+            s.deletion = d
+            return d
         }
+        return try await deletion.value
+    }
+
+    private func performDelete(_ process: ShimProcess) async throws -> ShimProcess.ExitInfo {
         do {
             try await runtime.delete(id: options.id, force: true)
         } catch {
-            state.withLock { $0.phase = .live }
+            state.withLock { s in
+                s.phase = .live
+                s.deletion = nil
+            }
             throw error
         }
         // A created task's init dies with `delete --force`; its exit is recorded like any other.

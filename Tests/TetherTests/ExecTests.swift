@@ -98,6 +98,8 @@ struct ExecTests {
             // Freeze the shim, kill the exec, then the init: the shim's reaper
             // then finds both dead in one pass, and must still report the exec first.
             kill(shim, SIGSTOP)
+            // Every thread of the shim must really be stopped before anything dies.
+            #expect(await eventually { allThreadsStopped(shim) })
             kill(execPid, SIGKILL)
             #expect(await eventually { procStat(execPid, field: 3) == "Z" })
             kill(initPid, SIGKILL)
@@ -111,5 +113,14 @@ struct ExecTests {
             #expect(execLine < initLine, "\(lines)")
             #expect(try await d.tether("delete", "t").status == 0)
         }
+    }
+}
+
+/// Are all threads of `pid` in the stopped state (T)?
+func allThreadsStopped(_ pid: Int32) -> Bool {
+    let tids = ((try? Files.listDirectory("/proc/\(pid)/task")) ?? []).compactMap { Int32($0) }
+    return !tids.isEmpty && tids.allSatisfy { tid in
+        guard let s = try? Files.readString("/proc/\(pid)/task/\(tid)/stat"), let close = s.lastIndex(of: ")") else { return false }
+        return s[s.index(close, offsetBy: 2)] == "T"
     }
 }

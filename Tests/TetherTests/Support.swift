@@ -118,11 +118,16 @@ final class TestDaemon: @unchecked Sendable {
     private(set) var process: Process?
     private var log: ReadLines?
     private var extraArgs: [String]
+    /// Everything every tetherd of this test wrote, across restarts.
+    private var earlierLogs = ""
+    /// Test hooks: pause files here stop tetherd at named points (TestHook).
+    var hooks: String { "\(dir)/hooks" }
 
     init(_ extraArgs: [String] = []) async throws {
         try Prerequisites.require()
         dir = try makeTempDir()
         self.extraArgs = extraArgs
+        try Files.makeDirectories("\(dir)/hooks")
         try Files.makeDirectories("\(root)/rootfs")
         symlink(Prerequisites.rootfs, "\(root)/rootfs/busybox")
         try await start()
@@ -131,9 +136,11 @@ final class TestDaemon: @unchecked Sendable {
     /// Starts tetherd and waits for its "listening" line (20 s at most).
     func start(_ args: [String]? = nil) async throws {
         if let args { extraArgs = args }
+        earlierLogs += log?.text ?? ""
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "\(Prerequisites.binDir)/tetherd")
         p.arguments = ["--root", root, "--state", state, "--log-level", "debug"] + extraArgs
+        p.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
@@ -146,7 +153,10 @@ final class TestDaemon: @unchecked Sendable {
         try #require(up, "tetherd did not start: \(lines.text)")
     }
 
+    /// This tetherd's log.
     var logText: String { log?.text ?? "" }
+    /// The logs of every tetherd this test started.
+    var allLogs: String { earlierLogs + logText }
 
     /// SIGTERM, and wait for tetherd to exit.
     func stop() async throws {

@@ -77,8 +77,8 @@ struct TerminalTests {
         try await t.expectScreen("40 100")
         try await t.expectScreen("/dev/pts/")
         try await t.run("resize-window", "-t", "s", "-x", "120", "-y", "30")
-        try await t.keys("clear; stty size", "Enter")
-        try await t.expectScreen("30 120")
+        // SIGWINCH reaches the CLI, which resizes through tetherd: ask until it has landed.
+        try await t.expectScreen("30 120", retry: { try await t.keys("clear; stty size", "Enter") })
         try await t.keys("exit 3", "Enter")
         try await t.expectScreen("DONE")
         try await t.expectScreen("status 3")
@@ -113,9 +113,11 @@ struct Tmux {
     func screen() async throws -> String { try await runProgram(tmux, ["-S", socket, "capture-pane", "-p", "-t", "s"]).out }
 
     /// Waits (5 s at most) for `text` on the screen; a failure shows the screen.
-    func expectScreen(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    /// `retry` runs every 100 ms meanwhile, for a question to ask again.
+    func expectScreen(_ text: String, retry: (() async throws -> Void)? = nil, sourceLocation: SourceLocation = #_sourceLocation) async throws {
         var last = ""
-        for _ in 0..<500 {
+        for i in 0..<500 {
+            if let retry, i % 10 == 0 { try await retry() }
             last = try await screen()
             if last.contains(text) { return }
             try await Task.sleep(nanoseconds: 10_000_000)
