@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // What Swift cannot call directly: prctl, ioctl, SCM_RIGHTS, pidfd, splice, close_range.
@@ -73,6 +74,7 @@ let package = Package(
                 "TetherManager", "TetherAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -80,6 +82,7 @@ let package = Package(
             dependencies: [
                 "TetherServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
 
@@ -95,7 +98,8 @@ let package = Package(
 
         .testTarget(
             name: "TetherTests",
-            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient"]
+            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient",
+                           .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -269,6 +270,16 @@ int tether_epoll_wait(int epfd, uint64_t *datas, uint32_t *events, int max, int 
         }
         return n;
     }
+}
+
+int tether_inotify_init(void) {
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int tether_inotify_watch(int fd, const char *path, uint32_t mask) {
+    int wd = inotify_add_watch(fd, path, mask);
+    return wd < 0 ? -errno : wd;
 }
 
 // ---------------------------------------------------------------------------

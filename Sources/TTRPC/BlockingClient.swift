@@ -12,8 +12,13 @@ public final class TTRPCBlockingClient {
     private var nextStream: UInt32 = 1
     private var decoder = FrameDecoder()
 
-    public init(socketPath: String) throws(SysError) {
+    /// `timeout`: how long a call may wait for its answer (SO_RCVTIMEO); nil waits as long as it takes.
+    public init(socketPath: String, timeout: Int? = nil) throws(SysError) {
         fd = try UnixSocket.connect(socketPath)
+        if let timeout {
+            var tv = timeval(tv_sec: timeout, tv_usec: 0)
+            setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
 
     public func close() { fd.close() }

@@ -22,6 +22,10 @@ public struct CreateTaskRequest: Codable, Sendable {
     public var fifos: FifoRequest?
     /// Also write stdout and stderr to a log file (CRI format).
     public var log: LogRequest?
+    /// Limits for the task's cgroup (with a generated spec).
+    public var resources: ResourcesRequest?
+    /// Restore the task from this checkpoint directory (at start).
+    public var checkpoint: String?
 
     public init(id: String, args: [String]? = nil, env: [String]? = nil, cwd: String? = nil, rootfs: String? = nil,
                 bundle: String? = nil, spec: JSONValue? = nil, io: IO? = nil, fifos: FifoRequest? = nil, log: LogRequest? = nil) {
@@ -35,6 +39,42 @@ public struct CreateTaskRequest: Codable, Sendable {
         self.io = io
         self.fifos = fifos
         self.log = log
+    }
+}
+
+/// Limits for a task's cgroup: memory in bytes, CPUs as a fraction, pids.
+public struct ResourcesRequest: Codable, Sendable, Equatable {
+    public var memory: Int64?
+    public var cpus: Double?
+    public var pidsLimit: Int64?
+
+    public init(memory: Int64? = nil, cpus: Double? = nil, pidsLimit: Int64? = nil) {
+        self.memory = memory
+        self.cpus = cpus
+        self.pidsLimit = pidsLimit
+    }
+}
+
+/// POST .../checkpoint
+public struct CheckpointRequest: Codable, Sendable {
+    public var path: String
+    /// Stop the task once checkpointed.
+    public var exit: Bool?
+
+    public init(path: String, exit: Bool? = nil) {
+        self.path = path
+        self.exit = exit
+    }
+}
+
+/// GET .../pids
+public struct ProcessEntry: Codable, Sendable, Equatable {
+    public var pid: UInt32
+    public var execID: String?
+
+    public init(pid: UInt32, execID: String?) {
+        self.pid = pid
+        self.execID = execID
     }
 }
 

@@ -8,8 +8,9 @@ public struct APIClient: Sendable {
     public let http: HTTPUnixClient
     public let namespace: String
 
-    public init(address: String, namespace: String) {
-        http = HTTPUnixClient(socketPath: address)
+    /// `timeout`: seconds one call may wait for its answer; nil waits as long as it takes (wait, attach).
+    public init(address: String, namespace: String, timeout: Int? = nil) {
+        http = HTTPUnixClient(socketPath: address, timeout: timeout)
         self.namespace = namespace
     }
 
@@ -44,6 +45,50 @@ public struct APIClient: Sendable {
         let _: Empty = try call("POST", "\(try processPath(id, execID))/closeio")
     }
 
+    public func pause(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/pause") }
+    public func resume(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/resume") }
+    public func pids(_ id: String) throws -> [ProcessEntry] { try call("GET", "\(try taskPath(id))/pids") }
+    public func stats(_ id: String) throws -> TaskStats { try call("GET", "\(try taskPath(id))/stats") }
+
+    /// `resources` is OCI LinuxResources JSON.
+    public func update(_ id: String, resources: Data) throws {
+        let r = try http.send("POST", "\(try taskPath(id))/update", body: resources)
+        guard (200..<300).contains(r.status) else { throw Self.error(r) }
+    }
+
+    public func checkpoint(_ id: String, path: String, exit: Bool) throws {
+        let _: Empty = try call("POST", "\(try taskPath(id))/checkpoint", CheckpointRequest(path: path, exit: exit))
+    }
+
+    /// Events as they happen, filtered; calls `onEvent` for each until the
+    /// stream ends. `onReady` runs once tetherd has the subscription in place.
+    public func events(namespace: String?, task: String?, topics: [String], onReady: () -> Void = {},
+                       onEvent: (TaskEvent) -> Void) throws {
+        var query: [String] = []
+        if let namespace { try Identifier.validate(namespace, kind: "namespace"); query.append("namespace=\(namespace)") }
+        if let task { try Identifier.validate(task, kind: "task ID"); query.append("task=\(task)") }
+        for t in topics { query.append("topic=\(t.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? t)") }
+        do {
+            var readySent = false
+            try http.stream("/v1/events" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))) { line in
+                if line.isEmpty {
+                    if !readySent { readySent = true; onReady() }
+                } else if let e = try? APIJSON.decoder.decode(TaskEvent.self, from: line) {
+                    onEvent(e)
+                }
+            }
+        } catch let e as HTTPUnixClient.StreamStatus {
+            throw Self.error(HTTPUnixClient.Response(status: e.status, headers: [:], body: e.body))
+        }
+    }
+
+    static func error(_ r: HTTPUnixClient.Response) -> RuntimeError {
+        if let e = try? APIJSON.decoder.decode(ErrorBody.self, from: r.body) {
+            return RuntimeError(RuntimeError.Code(rawValue: e.error.code) ?? .internal, e.error.message)
+        }
+        return RuntimeError(.internal, "tetherd answered \(r.status): \(String(decoding: r.body.prefix(300), as: UTF8.self))")
+    }
+
     // MARK: execs
 
     public func exec(_ id: String, _ req: ExecRequest) throws -> ProcessView { try call("POST", "\(try taskPath(id))/execs", req) }
@@ -67,12 +112,7 @@ public struct APIClient: Sendable {
     private func call<T: Decodable>(_ method: String, _ path: String, _ body: (some Encodable)? = Optional<Int>.none) throws -> T {
         let data = try body.map { try APIJSON.encoder.encode($0) }
         let r = try http.send(method, path, body: data)
-        guard (200..<300).contains(r.status) else {
-            if let e = try? APIJSON.decoder.decode(ErrorBody.self, from: r.body) {
-                throw RuntimeError(RuntimeError.Code(rawValue: e.error.code) ?? .internal, e.error.message)
-            }
-            throw RuntimeError(.internal, "tetherd answered \(r.status): \(String(decoding: r.body.prefix(300), as: UTF8.self))")
-        }
+        guard (200..<300).contains(r.status) else { throw Self.error(r) }
         if T.self == Empty.self { return Empty() as! T }
         do {
             return try APIJSON.decoder.decode(T.self, from: r.body)

@@ -5,8 +5,13 @@ import TetherSys
 /// all the CLI needs to talk to tetherd, and quick to start.
 public struct HTTPUnixClient: Sendable {
     public let socketPath: String
+    /// How long one request may wait for its answer (SO_RCVTIMEO); nil waits as long as it takes.
+    public let timeout: Int?
 
-    public init(socketPath: String) { self.socketPath = socketPath }
+    public init(socketPath: String, timeout: Int? = nil) {
+        self.socketPath = socketPath
+        self.timeout = timeout
+    }
 
     public struct Response: Sendable {
         public var status: Int
@@ -30,6 +35,10 @@ public struct HTTPUnixClient: Sendable {
     public func send(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
         let fd: FD
         do { fd = try UnixSocket.connect(socketPath) } catch { throw Failure.unreachable(socketPath, error) }
+        if let timeout {
+            var tv = timeval(tv_sec: timeout, tv_usec: 0)
+            setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: tetherd\r\nConnection: close\r\nAccept: application/json\r\n"
         if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
         head += "\r\n"
@@ -41,10 +50,66 @@ public struct HTTPUnixClient: Sendable {
         }
     }
 
-    static func parse(_ bytes: [UInt8]) throws -> Response {
-        let sep: [UInt8] = [13, 10, 13, 10]
-        guard let end = bytes.firstRange(of: sep) else { throw Failure.broken("no complete header in \(bytes.count) bytes") }
-        let lines = String(decoding: bytes[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+    /// A request whose answer is a stream of lines (chunked or not): calls
+    /// `onLine` for each line as it arrives, until the server ends it.
+    /// Throws if the status is not 2xx (with the body for the error).
+    public func stream(_ path: String, onLine: (Data) -> Void) throws {
+        let fd: FD
+        do { fd = try UnixSocket.connect(socketPath) } catch { throw Failure.unreachable(socketPath, error) }
+        let head = "GET \(path) HTTP/1.1\r\nHost: tetherd\r\nAccept: application/x-ndjson\r\n\r\n"
+        try fd.writeAll(Array(head.utf8))
+        var buffer: [UInt8] = []
+        var headerEnd: Range<Int>?
+        while headerEnd == nil {
+            let chunk = try fd.read(upTo: 65536)
+            if chunk.isEmpty { throw Failure.broken("no complete header") }
+            buffer += chunk
+            headerEnd = buffer.firstRange(of: [13, 10, 13, 10])
+        }
+        let head0 = try Self.parseHead(Array(buffer[..<headerEnd!.lowerBound]))
+        guard (200..<300).contains(head0.status) else {
+            throw StreamStatus(status: head0.status, body: Data(buffer[headerEnd!.upperBound...]) + Data((try? fd.readToEnd()) ?? []))
+        }
+        let chunked = head0.headers["transfer-encoding"]?.lowercased() == "chunked"
+        var raw = Array(buffer[headerEnd!.upperBound...])
+        var body: [UInt8] = []
+        while true {
+            if chunked {
+                // Take whole chunks out of raw; a 0-size chunk ends the stream.
+                while let crlf = raw.firstRange(of: [13, 10]) {
+                    let sizeText = String(decoding: raw[..<crlf.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
+                    guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw Failure.broken("bad chunk size") }
+                    if size == 0 { emit(&body, onLine); return }
+                    guard raw.count >= crlf.upperBound + size + 2 else { break }
+                    body += raw[crlf.upperBound..<(crlf.upperBound + size)]
+                    raw.removeFirst(crlf.upperBound + size + 2)
+                }
+            } else {
+                body += raw
+                raw = []
+            }
+            emit(&body, onLine)
+            let more = try fd.read(upTo: 65536)
+            if more.isEmpty { emit(&body, onLine); return }
+            raw += more
+        }
+    }
+
+    private func emit(_ body: inout [UInt8], _ onLine: (Data) -> Void) {
+        while let nl = body.firstIndex(of: 0x0A) {
+            onLine(Data(body[..<nl]))
+            body.removeFirst(nl + 1)
+        }
+    }
+
+    public struct StreamStatus: Error {
+        public let status: Int
+        public let body: Data
+    }
+
+    /// The status line and headers (the bytes before the blank line).
+    static func parseHead(_ bytes: [UInt8]) throws -> Response {
+        let lines = String(decoding: bytes, as: UTF8.self).components(separatedBy: "\r\n")
         let statusParts = lines.first?.split(separator: " ") ?? []
         guard statusParts.count >= 2, let status = Int(statusParts[1]) else { throw Failure.broken("bad status line \(lines.first ?? "")") }
         var headers: [String: String] = [:]
@@ -52,6 +117,14 @@ public struct HTTPUnixClient: Sendable {
             guard let colon = line.firstIndex(of: ":") else { continue }
             headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
+        return Response(status: status, headers: headers, body: Data())
+    }
+
+    static func parse(_ bytes: [UInt8]) throws -> Response {
+        let sep: [UInt8] = [13, 10, 13, 10]
+        guard let end = bytes.firstRange(of: sep) else { throw Failure.broken("no complete header in \(bytes.count) bytes") }
+        let head = try parseHead(Array(bytes[..<end.lowerBound]))
+        let (status, headers) = (head.status, head.headers)
         var body = Array(bytes[end.upperBound...])
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
             body = try dechunk(body)

@@ -83,7 +83,7 @@ extension ShimRuntime {
             await task.cleanUpAfterDeadShim().value
             return
         }
-        if record.phase == .running { try? config.monitor.monitor(task) }
+        if record.phase == .running { try? monitor.monitor(task) }
     }
 
     /// Is the recorded shim pid still that shim: a tether-shim for this task,

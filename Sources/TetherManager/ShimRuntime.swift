@@ -45,6 +45,11 @@ public final class ShimRuntime: Runtime, Sendable {
     let group: any EventLoopGroup
     let launcher: ShimLauncher
     let watcher: ShimWatcher
+    /// Task events (containerd's topics), for the API's event stream and the monitors.
+    public let events: EventBus
+    /// The monitors told of every task's start and delete: the OOM monitor
+    /// and the one in the config.
+    let monitor: any TaskMonitor
     private let tasksByKey = Mutex<[TaskKey: ShimTask]>([:])
     private let exitPipe = Mutex<ExitPipe?>(nil)
 
@@ -56,6 +61,11 @@ public final class ShimRuntime: Runtime, Sendable {
         group = MultiThreadedEventLoopGroup.singleton
         launcher = ShimLauncher(shimBinary: config.shimBinary, layout: config.layout, debug: config.debugShims)
         watcher = try ShimWatcher()
+        let logger = config.logger
+        events = EventBus { e in
+            logger.debug("event", metadata: ["topic": "\(e.topic)", "namespace": "\(e.namespace)", "id": "\(e.event.containerID)"])
+        }
+        monitor = MultiTaskMonitor([try OOMMonitor(events: events, logger: logger), config.monitor])
     }
 
     /// Prepares the state and root directories, opens the exit pipe and
@@ -80,8 +90,8 @@ public final class ShimRuntime: Runtime, Sendable {
         try Identifier.validate(id, kind: "task ID")
         guard let runtimeBinary = Spawn.lookPath(config.runtime) else { throw RuntimeError.runtimeDoesNotExist(config.runtime) }
         _ = try SpecBuilder.validate(opts.spec, source: "the task's OCI spec")
-        guard opts.checkpoint.isEmpty else {
-            throw RuntimeError(.notImplemented, "restoring a task from a checkpoint is not implemented yet")
+        if !opts.checkpoint.isEmpty && !Files.isDirectory(opts.checkpoint) {
+            throw RuntimeError(.invalidArgument, "checkpoint \(opts.checkpoint) is not a directory: give the path 'tether checkpoint' wrote to")
         }
 
         let key = TaskKey(namespace: namespace, id: id)
@@ -138,6 +148,7 @@ public final class ShimRuntime: Runtime, Sendable {
             req.stdin = opts.io.stdin
             req.stdout = opts.io.stdout
             req.stderr = opts.io.stderr
+            req.checkpoint = opts.checkpoint
             if let options = opts.options { req.options = try Self.shimOptions(options) }
             let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: .seconds(120))
             try task.update { r in
@@ -145,6 +156,8 @@ public final class ShimRuntime: Runtime, Sendable {
                 r.phase = .created
             }
             task.finishCreate()
+            events.publish(TaskEvent(namespace: namespace, topic: TaskEvent.Topic.create,
+                                     event: .init(containerID: id, pid: resp.pid, bundle: bundle, checkpoint: opts.checkpoint.isEmpty ? nil : opts.checkpoint)))
             logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shimPid)"])
             return task
         } catch {
@@ -184,7 +197,9 @@ public final class ShimRuntime: Runtime, Sendable {
         let exit = try await t.delete()
         if let s = t.record.scratch { try? Files.removeTree(s) }
         tasksByKey.withLock { _ = $0.removeValue(forKey: TaskKey(namespace: t.info.namespace, id: t.id)) }
-        do { try config.monitor.stop(t) } catch { logger.warning("monitor stop failed: \(error)") }
+        do { try monitor.stop(t) } catch { logger.warning("monitor stop failed: \(error)") }
+        events.publish(TaskEvent(namespace: t.info.namespace, topic: TaskEvent.Topic.delete,
+                                 event: .init(containerID: t.id, id: t.id, pid: exit.pid, exitStatus: exit.status, exitedAt: exit.timestamp)))
         logger.info("deleted task", metadata: ["namespace": "\(t.info.namespace)", "id": "\(t.id)", "status": "\(exit.status)"])
         return exit
     }

@@ -31,6 +31,11 @@ public final class ShimTask: RuntimeTask, Sendable {
         var deleted = false
         /// The clean-up after a dead shim, once started (it runs once).
         var cleanup: Task<Void, Never>?
+        /// Processes ("" for the init) whose Start call is under way: their
+        /// exit events wait until their start event is out, so a subscriber
+        /// always sees start before exit.
+        var starting: Set<String> = []
+        var deferredExits: [String: TaskEvent] = [:]
     }
 
     private unowned let runtime: ShimRuntime
@@ -142,30 +147,95 @@ public final class ShimTask: RuntimeTask, Sendable {
     public func start() async throws {
         var req = Containerd_Task_V2_StartRequest()
         req.id = id
-        let resp = try await rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
+        // Monitors (the OOM watch) hear of the task before its process runs a
+        // single instruction: its cgroup exists since create.
+        do { try runtime.monitor.monitor(self) } catch { logger.warning("monitor failed: \(error)") }
+        let resp: Containerd_Task_V2_StartResponse
+        do {
+            resp = try await startingProcess("", topic: TaskEvent.Topic.start) {
+                try await rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
+            }
+        } catch {
+            try? runtime.monitor.stop(self)
+            throw error
+        }
         try update { r in
             if r.exit == nil { r.phase = .running }
             r.pid = resp.pid
         }
-        do { try runtime.config.monitor.monitor(self) } catch { logger.warning("monitor failed: \(error)") }
+    }
+
+    /// Runs a Start call for process `execID` ("" for the init) and publishes
+    /// its start event, then any exit event that came in meanwhile.
+    func startingProcess(_ execID: String, topic: String,
+                         _ call: () async throws -> Containerd_Task_V2_StartResponse) async throws -> Containerd_Task_V2_StartResponse {
+        state.withLock { _ = $0.starting.insert(execID) }
+        var resp: Containerd_Task_V2_StartResponse?
+        defer {
+            let deferred = state.withLock { s in
+                s.starting.remove(execID)
+                return s.deferredExits.removeValue(forKey: execID)
+            }
+            if let resp {
+                runtime.events.publish(TaskEvent(namespace: info.namespace, topic: topic,
+                                                 event: .init(containerID: id, execID: execID.isEmpty ? nil : execID, pid: resp.pid)))
+            }
+            if let deferred { runtime.events.publish(deferred) }
+        }
+        resp = try await call()
+        return resp!
+    }
+
+    /// Publishes an exit event now, or after the process's start event if its Start is under way.
+    private func publishExit(_ event: TaskEvent, execID: String) {
+        let now = state.withLock { s -> Bool in
+            if s.starting.contains(execID) {
+                s.deferredExits[execID] = event
+                return false
+            }
+            return true
+        }
+        if now { runtime.events.publish(event) }
+    }
+
+    private func exitEvent(execID: String, _ exit: Exit, reason: String? = nil) -> TaskEvent {
+        TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.exit,
+                  event: .init(containerID: id, id: execID.isEmpty ? id : execID, execID: execID.isEmpty ? nil : execID,
+                               pid: exit.pid, exitStatus: exit.status, exitedAt: exit.timestamp, reason: reason))
     }
 
     public func pause() async throws {
         var req = Containerd_Task_V2_PauseRequest()
         req.id = id
         let _: Google_Protobuf_Empty = try await rpc("Pause", req)
+        runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.paused, event: .init(containerID: id)))
     }
 
     public func resume() async throws {
         var req = Containerd_Task_V2_ResumeRequest()
         req.id = id
         let _: Google_Protobuf_Empty = try await rpc("Resume", req)
+        runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.resumed, event: .init(containerID: id)))
     }
 
-    public func pids() async throws -> [UInt32] {
+    public func pids() async throws -> [UInt32] { try await processes().map(\.pid) }
+
+    /// Every process in the container, with its exec ID when it is an exec'd one.
+    public func processes() async throws -> [(pid: UInt32, execID: String?)] {
         var req = Containerd_Task_V2_PidsRequest()
         req.id = id
-        return try await rpc("Pids", req, as: Containerd_Task_V2_PidsResponse.self).processes.map(\.pid)
+        return try await rpc("Pids", req, as: Containerd_Task_V2_PidsResponse.self).processes.map { p in
+            guard p.hasInfo, let d = try? Tether_Shim_V1_ProcessDetails(serializedBytes: p.info.value) else { return (p.pid, nil) }
+            return (p.pid, d.execID)
+        }
+    }
+
+    /// cpu, memory and pids of the task's cgroup.
+    public func stats() async throws -> TaskStats {
+        var req = Containerd_Task_V2_StatsRequest()
+        req.id = id
+        let raw = try await rpc("Stats", req, as: Containerd_Task_V2_StatsResponse.self).stats.value
+        return try RuncStats.decode(raw)
     }
 
     public func exec(id execID: String, _ opts: ExecOpts) async throws -> any RuntimeProcess {
@@ -194,6 +264,8 @@ public final class ShimTask: RuntimeTask, Sendable {
             forgetExec(execID)
             throw error
         }
+        runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.execAdded,
+                                         event: .init(containerID: id, execID: execID)))
         return ShimExec(task: self, id: execID)
     }
 
@@ -207,11 +279,24 @@ public final class ShimTask: RuntimeTask, Sendable {
         if let io { runtime.removeFifos(io, bundle: record.bundle) }
     }
 
+    /// `options` is JSON, `{"exit": true}` to stop the task once checkpointed.
     public func checkpoint(path: String, options: Data?) async throws {
         var req = Containerd_Task_V2_CheckpointTaskRequest()
         req.id = id
         req.path = path
-        let _: Google_Protobuf_Empty = try await rpc("Checkpoint", req)
+        if let options {
+            struct Options: Decodable { let exit: Bool? }
+            guard let o = try? JSONDecoder().decode(Options.self, from: options) else {
+                throw RuntimeError(.invalidArgument, "checkpoint options are not {\"exit\": true|false}")
+            }
+            var c = Tether_Shim_V1_CheckpointOptions()
+            c.exit = o.exit ?? false
+            req.options.typeURL = "types.tether.dev/tether.shim.v1.CheckpointOptions"
+            req.options.value = try c.serializedData()
+        }
+        let _: Google_Protobuf_Empty = try await rpc("Checkpoint", req, timeout: .seconds(300))
+        runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.checkpointed,
+                                         event: .init(containerID: id, checkpoint: path)))
     }
 
     public func deleteProcess(id execID: String) async throws -> Exit {
@@ -314,6 +399,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         if fresh {
             logger.info("process exited", metadata: ["namespace": "\(r.namespace)", "id": "\(r.id)", "exec": "\(r.execID)",
                                                       "pid": "\(r.pid)", "status": "\(r.exitStatus)", "seq": "\(r.seq)"])
+            publishExit(exitEvent(execID: r.execID, Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)), execID: r.execID)
             if let exit { for w in waiters { w.resume(returning: exit) } }
         }
         guard stored, let client else { return }  // unacked, the shim keeps the record for the next reload
@@ -363,15 +449,17 @@ public final class ShimTask: RuntimeTask, Sendable {
         }
         if record.exit == nil {
             let exit = Exit(pid: r.pid, status: 137, timestamp: Date())
+            let reason = "the task's shim died (killed or crashed); its container was killed"
             let waiters = state.withLock { s in
                 s.record.exit = exit
-                s.record.exitReason = "the task's shim died (killed or crashed); its container was killed"
+                s.record.exitReason = reason
                 if s.record.phase != .deleting { s.record.phase = .stopped }
                 do { try s.record.save() } catch { logger.error("cannot store the exit of \(r.namespace)/\(r.id): \(error)") }
                 let w = s.exitWaiters
                 s.exitWaiters = []
                 return w
             }
+            publishExit(exitEvent(execID: "", exit, reason: reason), execID: "")
             for w in waiters { w.resume(returning: exit) }
         }
         releaseExecWaiters(fallback: Exit(pid: 0, status: 137, timestamp: Date()))
@@ -555,7 +643,9 @@ public final class ShimExec: RuntimeProcess, Sendable {
         var req = Containerd_Task_V2_StartRequest()
         req.id = task.id
         req.execID = id
-        let r = try await task.rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
+        let r = try await task.startingProcess(id, topic: TaskEvent.Topic.execStarted) {
+            try await task.rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
+        }
         try task.update { rec in
             rec.execs[id]?.pid = r.pid
             rec.execs[id]?.started = true
@@ -593,4 +683,35 @@ public final class ShimExec: RuntimeProcess, Sendable {
     }
 
     public func wait() async throws -> Exit { try await task.waitExec(id) }
+}
+
+/// The JSON of `runc events --stats`.
+enum RuncStats {
+    struct Events: Decodable {
+        struct Data: Decodable {
+            struct CPU: Decodable {
+                struct Usage: Decodable { let total: UInt64?; let user: UInt64?; let kernel: UInt64? }
+                let usage: Usage?
+            }
+            struct Memory: Decodable {
+                struct Usage: Decodable { let usage: UInt64?; let max: UInt64?; let limit: UInt64? }
+                let usage: Usage?
+            }
+            struct Pids: Decodable { let current: UInt64?; let limit: UInt64? }
+            let cpu: CPU?
+            let memory: Memory?
+            let pids: Pids?
+        }
+        let data: Data?
+    }
+
+    static func decode(_ raw: Data) throws -> TaskStats {
+        guard let e = try? JSONDecoder().decode(Events.self, from: raw), let d = e.data else {
+            throw RuntimeError(.internal, "the runtime's stats are not runc's events JSON: \(String(decoding: raw.prefix(200), as: UTF8.self))")
+        }
+        return TaskStats(cpuUsageNanos: d.cpu?.usage?.total ?? 0, cpuUserNanos: d.cpu?.usage?.user ?? 0,
+                         cpuKernelNanos: d.cpu?.usage?.kernel ?? 0, memoryUsage: d.memory?.usage?.usage ?? 0,
+                         memoryMaxUsage: d.memory?.usage?.max ?? 0, memoryLimit: d.memory?.usage?.limit ?? 0,
+                         pids: d.pids?.current ?? 0, pidsLimit: d.pids?.limit ?? 0)
+    }
 }

@@ -23,6 +23,33 @@ public enum SpecBuilder {
         }
     }
 
+    /// Limits for the task's cgroup (OCI LinuxResources), each optional.
+    public struct Resources: Sendable, Equatable {
+        public var memoryLimit: Int64?
+        /// CPUs as a fraction: 0.5 is half of one CPU (quota over a 100 ms period).
+        public var cpus: Double?
+        public var pidsLimit: Int64?
+
+        public init(memoryLimit: Int64? = nil, cpus: Double? = nil, pidsLimit: Int64? = nil) {
+            self.memoryLimit = memoryLimit
+            self.cpus = cpus
+            self.pidsLimit = pidsLimit
+        }
+
+        public var isEmpty: Bool { memoryLimit == nil && cpus == nil && pidsLimit == nil }
+
+        /// As OCI LinuxResources.
+        public var json: [String: Any] {
+            var r: [String: Any] = [:]
+            if let m = memoryLimit { r["memory"] = ["limit": m] }
+            if let c = cpus { r["cpu"] = ["quota": Int64((c * 100_000).rounded()), "period": 100_000] }
+            if let p = pidsLimit { r["pids"] = ["limit": p] }
+            return r
+        }
+
+        public var data: Data { (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8) }
+    }
+
     public static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
     public static let defaultCapabilities = [
@@ -35,7 +62,7 @@ public enum SpecBuilder {
     /// (relative to the bundle, as runc resolves it).
     /// `cgroupParent` is the cgroup the task's own goes under (Layout.cgroupParent).
     public static func spec(namespace: String, id: String, process p: Process, rootfs: String = "rootfs",
-                            cgroupParent: String = "/tether") -> [String: Any] {
+                            cgroupParent: String = "/tether", resources: Resources = Resources()) -> [String: Any] {
         var env = [defaultPath]
         if p.terminal { env.append("TERM=xterm") }
         for e in p.env {
@@ -69,7 +96,7 @@ public enum SpecBuilder {
             ],
             "linux": [
                 "cgroupsPath": "\(cgroupParent)/\(namespace)/\(id)",
-                "resources": ["devices": [["allow": false, "access": "rwm"]]],
+                "resources": resources.json.merging(["devices": [["allow": false, "access": "rwm"]]]) { a, _ in a },
                 "namespaces": ["pid", "ipc", "uts", "mount", "network"].map { ["type": $0] },
                 "maskedPaths": [
                     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -84,10 +111,10 @@ public enum SpecBuilder {
     }
 
     public static func specJSON(namespace: String, id: String, process: Process, rootfs: String = "rootfs",
-                                cgroupParent: String = "/tether") -> Data {
+                                cgroupParent: String = "/tether", resources: Resources = Resources()) -> Data {
         // JSONSerialization cannot fail on the plain values above.
         try! JSONSerialization.data(withJSONObject: spec(namespace: namespace, id: id, process: process, rootfs: rootfs,
-                                                         cgroupParent: cgroupParent),
+                                                         cgroupParent: cgroupParent, resources: resources),
                                     options: [.prettyPrinted, .sortedKeys])
     }
 

@@ -19,7 +19,8 @@ extension ShimRuntime {
     /// The CreateOpts for a task in namespace/id. `process` is required for
     /// every source but a bundle, which carries its own.
     public func createOptions(namespace: String, id: String, source: RootfsSource,
-                              process: SpecBuilder.Process?, io: IO) throws(RuntimeError) -> CreateOpts {
+                              process: SpecBuilder.Process?, io: IO,
+                              resources: SpecBuilder.Resources = .init()) throws(RuntimeError) -> CreateOpts {
         switch source {
         case .embedded:
             let lower = layout.defaultRootfs
@@ -27,7 +28,7 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "the embedded default rootfs is missing at \(lower): build it with scripts/make-rootfs \(lower) (scripts/setup does), or pass --rootfs DIR")
             }
             let scratch = layout.scratch(namespace, id)
-            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal), rootfs: [
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources), rootfs: [
                 Mount(type: "overlay", source: "overlay",
                       options: ["lowerdir=\(lower)", "upperdir=\(scratch)/upper", "workdir=\(scratch)/work"]),
             ], io: io)
@@ -36,7 +37,7 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "rootfs \(dir) does not exist or is not a directory: pass --rootfs with a directory that holds the container's root filesystem")
             }
             guard dir.hasPrefix("/") else { throw RuntimeError(.invalidArgument, "rootfs \(dir) is not an absolute path") }
-            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal),
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources),
                               rootfs: [Mount(type: "bind", source: dir, options: ["rbind", "rw"])], io: io)
         case .bundle(let dir):
             let config = "\(dir)/config.json"
@@ -63,11 +64,12 @@ extension ShimRuntime {
         }
     }
 
-    private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?, terminal: Bool) throws(RuntimeError) -> Data {
+    private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?, terminal: Bool,
+                      resources: SpecBuilder.Resources) throws(RuntimeError) -> Data {
         guard var process, !process.args.isEmpty else {
             throw RuntimeError(.invalidArgument, "no command given: name one after --, as in: tether run ID -- sh -c 'echo hi'")
         }
         process.terminal = terminal
-        return SpecBuilder.specJSON(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent)
+        return SpecBuilder.specJSON(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent, resources: resources)
     }
 }

@@ -40,6 +40,35 @@ public nonisolated struct Tether_Shim_V1_CreateOptions: Sendable {
   public init() {}
 }
 
+/// ProcessInfo.info in a Pids answer (type_url
+/// "types.tether.dev/tether.shim.v1.ProcessDetails"): which exec a pid is.
+public nonisolated struct Tether_Shim_V1_ProcessDetails: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var execID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// CheckpointTaskRequest.options (type_url
+/// "types.tether.dev/tether.shim.v1.CheckpointOptions").
+public nonisolated struct Tether_Shim_V1_CheckpointOptions: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Stop the task once checkpointed (by default it keeps running).
+  public var exit: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "tether.shim.v1"
@@ -74,6 +103,66 @@ nonisolated extension Tether_Shim_V1_CreateOptions: SwiftProtobuf.Message, Swift
   public static func ==(lhs: Tether_Shim_V1_CreateOptions, rhs: Tether_Shim_V1_CreateOptions) -> Bool {
     if lhs.logPath != rhs.logPath {return false}
     if lhs.logMaxSize != rhs.logMaxSize {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_Shim_V1_ProcessDetails: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProcessDetails"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exec_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.execID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.execID.isEmpty {
+      try visitor.visitSingularStringField(value: self.execID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_Shim_V1_ProcessDetails, rhs: Tether_Shim_V1_ProcessDetails) -> Bool {
+    if lhs.execID != rhs.execID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_Shim_V1_CheckpointOptions: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointOptions"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}exit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.exit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.exit != false {
+      try visitor.visitSingularBoolField(value: self.exit, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_Shim_V1_CheckpointOptions, rhs: Tether_Shim_V1_CheckpointOptions) -> Bool {
+    if lhs.exit != rhs.exit {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import NIOCore
 import TetherAPI
 import TetherManager
@@ -24,6 +25,7 @@ public struct APIServer: Sendable {
             json(VersionView(version: TetherVersion.string, runtime: runtime.config.runtime,
                              root: runtime.layout.root, state: runtime.layout.state))
         }
+        router.get("/v1/events") { req, _ in events(req) }
         let tasks = router.group("/v1/namespaces/:ns/tasks")
         tasks.get { _, c in try await handle { try await list(ns(c)) } }
         tasks.post { req, c in try await handle { try await create(ns(c), req) } }
@@ -54,6 +56,51 @@ public struct APIServer: Sendable {
         tasks.post(":id/closeio") { _, c in
             try await handle {
                 try await task(c).closeIO()
+                return Response(status: .noContent)
+            }
+        }
+
+        tasks.post(":id/pause") { _, c in
+            try await handle {
+                let t = try await task(c)
+                try await t.pause()
+                return try await view(t)
+            }
+        }
+        tasks.post(":id/resume") { _, c in
+            try await handle {
+                let t = try await task(c)
+                try await t.resume()
+                return try await view(t)
+            }
+        }
+        tasks.get(":id/pids") { _, c in
+            try await handle {
+                guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
+                return json(try await t.processes().map { ProcessEntry(pid: $0.pid, execID: $0.execID) })
+            }
+        }
+        tasks.get(":id/stats") { _, c in
+            try await handle {
+                guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
+                return json(try await t.stats())
+            }
+        }
+        tasks.post(":id/update") { req, c in
+            try await handle {
+                let body = Data(try await req.body.collect(upTo: 1 << 20).readableBytesView)
+                guard (try? JSONSerialization.jsonObject(with: body)) is [String: Any] else {
+                    throw RuntimeError(.invalidArgument, "the body is not OCI LinuxResources JSON (an object such as {\"memory\": {\"limit\": 67108864}})")
+                }
+                try await task(c).update(resources: body)
+                return Response(status: .noContent)
+            }
+        }
+        tasks.post(":id/checkpoint") { req, c in
+            try await handle {
+                let body: CheckpointRequest = try await decode(req, default: nil)
+                let options = try JSONSerialization.data(withJSONObject: ["exit": body.exit ?? false])
+                try await task(c).checkpoint(path: body.path, options: options)
                 return Response(status: .noContent)
             }
         }
@@ -127,8 +174,11 @@ public struct APIServer: Sendable {
         } else {
             let source: RootfsSource = if let b = body.bundle { .bundle(b) } else if let r = body.rootfs { .directory(r) } else { .embedded }
             let process = body.args.map { SpecBuilder.Process(args: $0, env: body.env ?? [], cwd: body.cwd ?? "/") }
-            opts = try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io)
+            let r = body.resources ?? ResourcesRequest()
+            opts = try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io,
+                                             resources: SpecBuilder.Resources(memoryLimit: r.memory, cpus: r.cpus, pidsLimit: r.pidsLimit))
         }
+        if let checkpoint = body.checkpoint { opts.checkpoint = checkpoint }
         if let log = body.log {
             var o: [String: Any] = ["logPath": log.path]
             if let max = log.maxSize { o["logMaxSize"] = String(max) }
@@ -183,6 +233,31 @@ public struct APIServer: Sendable {
         guard let ns = c.parameters.get("ns") else { throw RuntimeError(.invalidArgument, "no namespace in the path") }
         try Identifier.validate(ns, kind: "namespace")
         return ns
+    }
+
+    /// GET /v1/events: one JSON object per line, as events happen, until the
+    /// client goes away. Filters: namespace, task, topic (repeatable).
+    private func events(_ req: Request) -> Response {
+        let q = req.uri.queryParameters
+        let namespace = q.get("namespace")
+        let task = q.get("task")
+        let topics = Set(q.getAll("topic").map { String($0) })
+        let stream = runtime.events.subscribe()
+        var headers = HTTPFields()
+        headers[.contentType] = "application/x-ndjson"
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            // An empty first line: the subscription is in place, later events will come.
+            try await writer.write(ByteBuffer(bytes: [0x0A]))
+            // Ends at a graceful shutdown too: an open stream must not keep tetherd alive.
+            for await e in stream.cancelOnGracefulShutdown() {
+                if let namespace, e.namespace != namespace { continue }
+                if let task, e.event.containerID != task { continue }
+                if !topics.isEmpty && !topics.contains(e.topic) { continue }
+                guard let data = try? APIJSON.encoder.encode(e) else { continue }
+                try await writer.write(ByteBuffer(bytes: Array(data) + [0x0A]))
+            }
+            try await writer.finish(nil)
+        })
     }
 
     // MARK: - JSON in and out

@@ -43,6 +43,52 @@ struct OCIRuntime: Sendable {
         try await run(["delete"] + (force ? ["--force"] : []) + [id])
     }
 
+    func pause(id: String) async throws { try await run(["pause", id]) }
+    func resume(id: String) async throws { try await run(["resume", id]) }
+
+    /// `runtime ps --format json`: the pids of every process in the container.
+    func ps(id: String, scratch: String) async throws -> [Int32] {
+        let out = try await runCapturing(["ps", "--format", "json", id], scratch: scratch)
+        guard let pids = try? JSONDecoder().decode([Int32].self, from: Data(out)) else {
+            throw RPCError(.internal, "\(Files.basename(binary)) ps printed something that is not a JSON list of pids: \(String(decoding: out.prefix(200), as: UTF8.self))")
+        }
+        return pids
+    }
+
+    /// `runtime update --resources FILE`: new LinuxResources (JSON) for a running container.
+    func update(id: String, resourcesFile: String) async throws {
+        try await run(["update", "--resources", resourcesFile, id])
+    }
+
+    /// `runtime events --stats`: one JSON stats record from the container's cgroup.
+    func stats(id: String, scratch: String) async throws -> [UInt8] {
+        try await runCapturing(["events", "--stats", id], scratch: scratch)
+    }
+
+    /// `runtime checkpoint` through CRIU into `imagePath`.
+    func checkpoint(id: String, imagePath: String, workPath: String, leaveRunning: Bool) async throws {
+        try await run(["checkpoint", "--image-path", imagePath, "--work-path", workPath]
+                      + (leaveRunning ? ["--leave-running"] : []) + [id])
+    }
+
+    /// `runtime restore --detach`: the container from a checkpoint, running.
+    func restore(id: String, bundle: String, imagePath: String, workPath: String, pidFile: String,
+                 stdio: [Int32], consoleSocket: String?) async throws {
+        try await run(["restore", "--detach", "--image-path", imagePath, "--work-path", workPath,
+                       "--bundle", bundle, "--pid-file", pidFile]
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio, cwd: bundle)
+    }
+
+    /// Runs the runtime with its stdout in a file under `scratch`, and returns it.
+    private func runCapturing(_ args: [String], scratch: String) async throws -> [UInt8] {
+        let path = "\(scratch)/\(args[0])-\(UInt32.random(in: 0...UInt32.max)).out"
+        let out = try FD.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        defer { unlink(path) }
+        try await run(args, stdio: [-1, out.raw, -1])
+        out.close()
+        return try Files.read(path)
+    }
+
     private func run(_ args: [String], stdio: [Int32] = [-1, -1, -1], cwd: String? = nil) async throws {
         var options = Spawn.Options()
         options.fds = stdio

@@ -96,6 +96,12 @@ public enum ShimMain {
         r.add(task, "Exec", s.exec)
         r.add(task, "CloseIO", s.closeIO)
         r.add(task, "ResizePty", s.resizePty)
+        r.add(task, "Pause", s.pause)
+        r.add(task, "Resume", s.resume)
+        r.add(task, "Pids", s.pids)
+        r.add(task, "Update", s.update)
+        r.add(task, "Checkpoint", s.checkpoint)
+        r.add(task, "Stats", s.stats)
         let exiting = Atomic<Bool>(false)
         r.add(task, "Shutdown") { (req: Containerd_Task_V2_ShutdownRequest) async throws -> Google_Protobuf_Empty in
             try s.checkID(req.id)
@@ -112,20 +118,6 @@ public enum ShimMain {
         r.afterReply(task, "Shutdown") {
             if exiting.load(ordering: .sequentiallyConsistent) { exitCleanly(options) }
         }
-        // The rest of the task API arrives with later work; until then each
-        // says so, by name, instead of a generic "unknown method".
-        func notYet<Req: SwiftProtobuf.Message>(_ method: String, _: Req.Type) {
-            r.add(task, method) { (_: Req) async throws -> Google_Protobuf_Empty in
-                throw RPCError(.unimplemented, "\(method) is not implemented yet by \(TaskService.version)")
-            }
-        }
-        notYet("Pids", Containerd_Task_V2_PidsRequest.self)
-        notYet("Pause", Containerd_Task_V2_PauseRequest.self)
-        notYet("Resume", Containerd_Task_V2_ResumeRequest.self)
-        notYet("Checkpoint", Containerd_Task_V2_CheckpointTaskRequest.self)
-        notYet("Update", Containerd_Task_V2_UpdateTaskRequest.self)
-        notYet("Stats", Containerd_Task_V2_StatsRequest.self)
-
         let exits = "tether.shim.v1.Exits"
         r.add(exits, "Pending") { (_: Tether_Shim_V1_PendingRequest) async throws -> Tether_Shim_V1_PendingResponse in
             var out = Tether_Shim_V1_PendingResponse()

@@ -12,7 +12,7 @@ import TetherSys
 /// for that exit, and its stdio.
 final class ShimProcess: Sendable {
     enum Phase: String, Sendable {
-        case created, starting, running, stopped, deleted
+        case created, starting, running, paused, stopped, deleted
     }
 
     struct ExitInfo: Sendable, Equatable {
@@ -62,6 +62,11 @@ final class ShimProcess: Sendable {
     }
 
     func set(phase: Phase) { state.withLock { $0.phase = phase } }
+
+    /// from → to, unless the process has exited meanwhile.
+    func moveIfAlive(from: Phase, to: Phase) {
+        state.withLock { s in if s.phase == from && s.exit == nil { s.phase = to } }
+    }
 
     /// The runtime started it: record pid and stdio (the phase moves to
     /// running unless it has already exited). A nil stdio keeps the one it has.
@@ -196,6 +201,7 @@ final class ShimProcess: Sendable {
             switch s.phase {
             case .created, .starting: out.status = .created
             case .running: out.status = .running
+            case .paused: out.status = .paused
             case .stopped, .deleted: out.status = .stopped
             }
             if let e = s.exit {

@@ -36,6 +36,14 @@ final class TaskService: Sendable {
         /// The task's delete, once begun: a second Delete (a restarted
         /// manager's) waits for it, and one after it gets the same exit.
         var deletion: Task<ShimProcess.ExitInfo, any Error>?
+        /// A task created from a checkpoint: restored (by runc restore) at Start.
+        var restore: PendingRestore?
+    }
+
+    struct PendingRestore: Sendable {
+        let imagePath: String
+        let files: ProcessStdio.Opened
+        let log: LogWriter?
     }
 
     let options: ShimOptions
@@ -62,7 +70,6 @@ final class TaskService: Sendable {
 
     func create(_ r: Containerd_Task_V2_CreateTaskRequest) async throws -> Containerd_Task_V2_CreateTaskResponse {
         try checkID(r.id)
-        if !r.checkpoint.isEmpty { throw RPCError(.unimplemented, "restoring from a checkpoint is not implemented yet by \(Self.version)") }
         let bundle = r.bundle.isEmpty ? options.bundle : r.bundle
         let io = IOPaths(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal)
         let process = ShimProcess(execID: "", io: io)
@@ -83,6 +90,20 @@ final class TaskService: Sendable {
             }
             mounted = try Mounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
             let files = try ProcessStdio.openPaths(io, log: log)
+            if !r.checkpoint.isEmpty {
+                // Restored at Start, as containerd does: nothing runs until then.
+                guard Files.isDirectory(r.checkpoint) else {
+                    throw RPCError(.invalidArgument, "checkpoint \(r.checkpoint) is not a directory")
+                }
+                state.withLock { s in
+                    s.phase = .live
+                    s.mounts = mounted
+                    s.processes[""] = process
+                    s.restore = PendingRestore(imagePath: r.checkpoint, files: files, log: log)
+                }
+                ShimLog.info("created task \(options.id) from checkpoint \(r.checkpoint); restored at start")
+                return Containerd_Task_V2_CreateTaskResponse()
+            }
             if io.terminal { console = try ConsoleSocket(path: "\(bundle)/console.sock") }
             else { stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() } }
             unlink(options.initPidFile)
@@ -141,6 +162,7 @@ final class TaskService: Sendable {
         }
         guard let initProcess else { throw RPCError(.notFound, "task \"\(options.id)\" is not created") }
         guard initProcess.phase == .running else {
+            if initProcess.phase == .paused { throw RPCError(.failedPrecondition, "task \"\(options.id)\" is paused: resume it to exec") }
             if initProcess.exit != nil { throw RPCError(.notFound, "process already finished: task \"\(options.id)\" has exited; exec needs a running task") }
             throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(initProcess.phase.rawValue): exec needs a running task (start it first)")
         }
@@ -173,7 +195,9 @@ final class TaskService: Sendable {
         let process = try process(r.execID)
         try process.transition(from: [.created], to: .starting, what: "start")
         do {
-            if r.execID.isEmpty {
+            if r.execID.isEmpty, let restore = state.withLock({ $0.restore }) {
+                try await restoreInit(process, restore)
+            } else if r.execID.isEmpty {
                 try await runtime.start(id: options.id)
                 process.started(pid: process.pid, stdio: nil)
             } else {
@@ -187,6 +211,39 @@ final class TaskService: Sendable {
         var out = Containerd_Task_V2_StartResponse()
         out.pid = UInt32(process.pid)
         return out
+    }
+
+    /// `runc restore` of a task created from a checkpoint.
+    private func restoreInit(_ process: ShimProcess, _ restore: PendingRestore) async throws {
+        var stdio: ProcessStdio?
+        var console: ConsoleSocket?
+        reaper.expectingChildren()
+        defer { reaper.doneExpecting() }
+        do {
+            if process.io.terminal { console = try ConsoleSocket(path: "\(options.bundle)/console.sock") }
+            else { stdio = try ProcessStdio.pipes(restore.files, relay: relay) { process.outputFinished() } }
+            unlink(options.initPidFile)
+            try Files.makeDirectories("\(options.bundle)/criu")
+            try await runtime.restore(id: options.id, bundle: options.bundle, imagePath: restore.imagePath,
+                                      workPath: "\(options.bundle)/criu", pidFile: options.initPidFile,
+                                      stdio: stdio?.spawnFDs ?? [-1, -1, -1], consoleSocket: console?.path)
+            stdio?.closeContainerEnds()
+            if let console {
+                stdio = try ProcessStdio.terminal(restore.files, master: try console.receiveMaster(), relay: relay) { process.outputFinished() }
+                console.remove()
+            }
+            let pid = try readPid(options.initPidFile)
+            state.withLock { $0.restore = nil }
+            process.started(pid: pid, stdio: stdio)
+            reaper.watch(pid, last: true) { [self] code, at in processExited(process, pid: pid, code: code, at: at) }
+        } catch {
+            console?.remove()
+            if let stdio {
+                stdio.closeContainerEnds()
+                stdio.remove(from: relay)
+            }
+            throw RPCError(.failedPrecondition, "cannot restore task \"\(options.id)\" from \(restore.imagePath): \(await criuError(error))")
+        }
     }
 
     private func startExec(_ process: ShimProcess) async throws {
@@ -275,6 +332,12 @@ final class TaskService: Sendable {
         } else {
             try process.signal(Int32(r.signal), reaper: reaper)
         }
+        // A frozen process takes its signals only when thawed: SIGKILL means
+        // "die now", so thaw it (as docker does); other signals wait for resume.
+        if r.signal == UInt32(SIGKILL), let initProcess, initProcess.phase == .paused {
+            try? await runtime.resume(id: options.id)
+            initProcess.moveIfAlive(from: .paused, to: .running)
+        }
         ShimLog.info("sent signal \(r.signal)\(r.all ? " to all processes" : "") to \(process.name) of \(options.id)")
         return Google_Protobuf_Empty()
     }
@@ -300,6 +363,136 @@ final class TaskService: Sendable {
         try checkID(r.id)
         try process(r.execID).resize(width: r.width, height: r.height)
         return Google_Protobuf_Empty()
+    }
+
+    // MARK: - Pause, Resume, Pids, Update, Checkpoint, Stats
+
+    func pause(_ r: Containerd_Task_V2_PauseRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        let process = try process("")
+        try process.transition(from: [.running], to: .running, what: "pause")
+        try await runtime.pause(id: options.id)
+        process.moveIfAlive(from: .running, to: .paused)
+        ShimLog.info("paused \(options.id)")
+        return Google_Protobuf_Empty()
+    }
+
+    func resume(_ r: Containerd_Task_V2_ResumeRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        let process = try process("")
+        try process.transition(from: [.paused], to: .paused, what: "resume")
+        try await runtime.resume(id: options.id)
+        process.moveIfAlive(from: .paused, to: .running)
+        ShimLog.info("resumed \(options.id)")
+        return Google_Protobuf_Empty()
+    }
+
+    /// Every process in the container, each exec'd one with its exec ID.
+    func pids(_ r: Containerd_Task_V2_PidsRequest) async throws -> Containerd_Task_V2_PidsResponse {
+        try checkID(r.id)
+        let process = try process("")
+        guard process.phase == .running || process.phase == .paused else {
+            throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(process.phase.rawValue): it has no processes to list")
+        }
+        let pids = try await runtime.ps(id: options.id, scratch: options.bundle)
+        let execs = state.withLock { s in
+            Dictionary(s.processes.values.filter { !$0.execID.isEmpty && $0.pid > 0 }.map { ($0.pid, $0.execID) }, uniquingKeysWith: { a, _ in a })
+        }
+        var out = Containerd_Task_V2_PidsResponse()
+        out.processes = pids.map { pid in
+            var p = Containerd_V1_Types_ProcessInfo()
+            p.pid = UInt32(pid)
+            if let execID = execs[pid] {
+                var d = Tether_Shim_V1_ProcessDetails()
+                d.execID = execID
+                p.info.typeURL = "types.tether.dev/tether.shim.v1.ProcessDetails"
+                p.info.value = (try? d.serializedData()) ?? Data()
+            }
+            return p
+        }
+        return out
+    }
+
+    /// New resources: the OCI LinuxResources JSON in the Any, through `runc update`.
+    func update(_ r: Containerd_Task_V2_UpdateTaskRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        let process = try process("")
+        guard process.phase == .running || process.phase == .paused || process.phase == .created else {
+            throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(process.phase.rawValue): only a live task can be updated")
+        }
+        guard (try? JSONDecoder().decode([String: JSONAny].self, from: r.resources.value)) != nil else {
+            throw RPCError(.invalidArgument, "the resources are not a JSON object (OCI LinuxResources)")
+        }
+        let path = "\(options.bundle)/resources.json"
+        try Files.writeAtomically(path, Array(r.resources.value))
+        try await runtime.update(id: options.id, resourcesFile: path)
+        ShimLog.info("updated the resources of \(options.id)")
+        return Google_Protobuf_Empty()
+    }
+
+    func checkpoint(_ r: Containerd_Task_V2_CheckpointTaskRequest) async throws -> Google_Protobuf_Empty {
+        try checkID(r.id)
+        let process = try process("")
+        guard process.phase == .running || process.phase == .paused else {
+            throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(process.phase.rawValue): only a running task can be checkpointed")
+        }
+        guard r.path.hasPrefix("/") else { throw RPCError(.invalidArgument, "checkpoint path \(r.path) is not absolute") }
+        var exit = false
+        if !r.options.typeURL.isEmpty {
+            exit = (try Tether_Shim_V1_CheckpointOptions(serializedBytes: r.options.value)).exit
+        }
+        try Files.makeDirectories(r.path, mode: 0o700)
+        try Files.makeDirectories("\(options.bundle)/criu")
+        do {
+            try await runtime.checkpoint(id: options.id, imagePath: r.path, workPath: "\(options.bundle)/criu", leaveRunning: !exit)
+        } catch {
+            throw RPCError(.failedPrecondition, "cannot checkpoint task \"\(options.id)\": \(await criuError(error)); the task is left as it was")
+        }
+        ShimLog.info("checkpointed \(options.id) to \(r.path)\(exit ? " and stopped it" : "")")
+        return Google_Protobuf_Empty()
+    }
+
+    /// One line on why CRIU failed: if `criu check` fails, CRIU is unusable
+    /// on this machine at all, and its own words say why; else the last
+    /// error CRIU logged for this task.
+    private func criuError(_ error: any Error) async -> String {
+        let runtimeMessage = ((error as? RPCError)?.message ?? "\(error)").split(separator: "\n").joined(separator: "; ")
+        if let criu = Spawn.lookPath("criu") {
+            let log = "\(options.bundle)/criu/check.log"
+            if let out = try? FD.open(log, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600) {
+                var o = Spawn.Options()
+                o.fds = [-1, out.raw, out.raw]
+                if let code = try? await reaper.run(criu, [criu, "check"], o), code != 0 {
+                    // Its first real error says why; its last, what it could not do.
+                    let errors = ((try? Files.readString(log)) ?? "").split(separator: "\n")
+                        .filter { $0.contains("Error") && !$0.contains("exited, status") }
+                        .map { line in line.firstRange(of: "): ").map { String(line[$0.upperBound...]) } ?? String(line) }
+                    let why = errors.count > 1 ? "\(errors.first!) … \(errors.last!)" : errors.first ?? "it failed"
+                    return "CRIU is unusable on this machine: criu check says \"\(why)\" (\(runtimeMessage))"
+                }
+            }
+        } else {
+            return "CRIU is not installed (apt-get install criu) (\(runtimeMessage))"
+        }
+        for name in ["dump.log", "restore.log"] {
+            guard let text = try? Files.readString("\(options.bundle)/criu/\(name)") else { continue }
+            if let line = text.split(separator: "\n").last(where: { $0.contains("Error") }) {
+                return "CRIU failed: \(line.trimmingPrefix(while: { $0 == " " })) (\(runtimeMessage))"
+            }
+        }
+        return runtimeMessage
+    }
+
+    func stats(_ r: Containerd_Task_V2_StatsRequest) async throws -> Containerd_Task_V2_StatsResponse {
+        try checkID(r.id)
+        let process = try process("")
+        guard process.phase == .running || process.phase == .paused || process.phase == .created else {
+            throw RPCError(.failedPrecondition, "task \"\(options.id)\" is \(process.phase.rawValue): it has no cgroup to read")
+        }
+        var out = Containerd_Task_V2_StatsResponse()
+        out.stats.typeURL = "types.tether.dev/runc.events.Stats"
+        out.stats.value = Data(try await runtime.stats(id: options.id, scratch: options.bundle))
+        return out
     }
 
     // MARK: - Delete
@@ -345,6 +538,10 @@ final class TaskService: Sendable {
     }
 
     private func performDelete(_ process: ShimProcess) async throws -> ShimProcess.ExitInfo {
+        if state.withLock({ $0.restore != nil }) {
+            // Created from a checkpoint and never restored: there is no container.
+            process.exited(ShimProcess.ExitInfo(pid: 0, code: 0, at: WallTime.now()))
+        }
         do {
             try await runtime.delete(id: options.id, force: true)
         } catch {
@@ -411,5 +608,29 @@ final class TaskService: Sendable {
         let text = try Files.readString(path).filter { !$0.isWhitespace }
         guard let pid = Int32(text), pid > 0 else { throw RPCError(.internal, "pid file \(path) holds \"\(text)\", not a pid") }
         return pid
+    }
+}
+
+/// Any JSON value, to check that a document parses.
+struct JSONAny: Decodable {
+    init(from d: any Swift.Decoder) throws {
+        if let c = try? d.container(keyedBy: AnyKey.self) {
+            for k in c.allKeys { _ = try c.decode(JSONAny.self, forKey: k) }
+        } else if var c = try? d.unkeyedContainer() {
+            while !c.isAtEnd { _ = try c.decode(JSONAny.self) }
+        } else {
+            let c = try d.singleValueContainer()
+            if c.decodeNil() { return }
+            if (try? c.decode(Bool.self)) != nil { return }
+            if (try? c.decode(Double.self)) != nil { return }
+            _ = try c.decode(String.self)
+        }
+    }
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 }

@@ -31,6 +31,8 @@ struct TaskOptions: ParsableArguments {
         for e in env where !e.contains("=") { throw UsageError("--env \(e) is not K=V") }
     }
 
+    @OptionGroup var resources: ResourceOptions
+
     @Option(help: "Also write stdout and stderr to this file, one CRI log record per line.")
     var log: String?
 
@@ -47,8 +49,10 @@ struct TaskOptions: ParsableArguments {
             }
             logRequest = LogRequest(path: absolute(log), maxSize: max)
         }
-        return CreateTaskRequest(id: id, args: command.isEmpty ? nil : command, env: env.isEmpty ? nil : env, cwd: cwd,
-                                 rootfs: rootfs.map(absolute), bundle: bundle.map(absolute), fifos: fifos, log: logRequest)
+        var r = CreateTaskRequest(id: id, args: command.isEmpty ? nil : command, env: env.isEmpty ? nil : env, cwd: cwd,
+                                  rootfs: rootfs.map(absolute), bundle: bundle.map(absolute), fifos: fifos, log: logRequest)
+        r.resources = try resources.request()
+        return r
     }
 }
 
@@ -173,12 +177,15 @@ struct Create: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Flag(name: [.short, .long], help: "Keep a stdin for the task ('tether attach -i').") var interactive = false
     @Flag(name: [.short, .long], help: "Give the task a terminal.") var tty = false
+    @Option(help: "Restore the task from this checkpoint directory when it starts.") var checkpoint: String?
     @OptionGroup var task: TaskOptions
 
     func run() throws {
         try guarded {
             try task.check()
-            let t = try global.client.create(task.request(fifos: FifoRequest(stdin: interactive || tty, terminal: tty)))
+            var req = try task.request(fifos: FifoRequest(stdin: interactive || tty, terminal: tty))
+            req.checkpoint = checkpoint.map(absolute)
+            let t = try global.client.create(req)
             print("\(t.id) \(t.pid)")
         }
     }

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import TetherManager
 import TetherRuntime
 import TetherServer
@@ -83,7 +84,7 @@ struct Tetherd: AsyncParsableCommand {
         let runtime = try await ShimRuntime.start(config)
         try Files.writeAtomically(layout.pidFile, Array("\(getpid())\n".utf8), mode: 0o644)
 
-        let app = Application(
+        var app = Application(
             router: APIServer(runtime: runtime, logger: logger).router(),
             configuration: .init(address: .unixDomainSocket(path: address), serverName: nil),
             onServerRunning: { _ in
@@ -91,6 +92,7 @@ struct Tetherd: AsyncParsableCommand {
                 logger.info("tetherd \(TetherVersion.string) listening", metadata: ["address": "\(address)", "root": "\(layout.root)", "state": "\(layout.state)"])
             },
             logger: logger)
+        app.addServices(EventStreamsCloser(events: runtime.events))
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
         unlink(address)
         unlink(layout.pidFile)
@@ -104,5 +106,16 @@ struct Tetherd: AsyncParsableCommand {
         let sibling = Files.dirname(exe) + "/tether-shim"
         if Files.exists(sibling) { return sibling }
         return Spawn.lookPath("tether-shim")
+    }
+}
+
+/// Ends the event streams when a graceful shutdown begins: an open
+/// `GET /v1/events` would otherwise keep the server waiting for it forever.
+struct EventStreamsCloser: Service {
+    let events: EventBus
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        events.finishAll()
     }
 }

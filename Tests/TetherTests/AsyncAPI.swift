@@ -10,7 +10,8 @@ import TetherRuntime
 struct AsyncAPI: Sendable {
     let client: APIClient
 
-    init(_ d: TestDaemon) { client = APIClient(address: d.address, namespace: "default") }
+    /// Every call gives up after 60 s: a test must fail, never hang.
+    init(_ d: TestDaemon) { client = APIClient(address: d.address, namespace: "default", timeout: 60) }
 
     private func call<T: Sendable>(_ body: @escaping @Sendable (APIClient) throws -> T) async throws -> T {
         let c = client

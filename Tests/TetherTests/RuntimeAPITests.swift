@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Logging
 import Synchronization
 import Testing
 import TetherManager
@@ -93,6 +94,55 @@ struct FakeTask: RuntimeTask {
     func closeIO() async throws {}
     func wait() async throws -> Exit { Exit(pid: 0, status: 0, timestamp: Date()) }
     func start() async throws {}
+    func pause() async throws {}
+    func resume() async throws {}
+    func pids() async throws -> [UInt32] { [] }
+    func exec(id: String, _ opts: ExecOpts) async throws -> any RuntimeProcess { self }
+    func checkpoint(path: String, options: Data?) async throws {}
+    func deleteProcess(id: String) async throws -> Exit { try await wait() }
+    func update(resources: Data) async throws {}
+    func process(id: String) async throws -> any RuntimeProcess { self }
+}
+
+@Suite("OOM monitor, cgroup v2 path", .timeLimit(.minutes(1)))
+struct OOMv2Tests {
+    /// A cgroup v2 layout in a temp dir: memory.events whose oom_kill count
+    /// goes up, the way the kernel updates it (in place, so inotify sees it).
+    @Test("an oom_kill increase in memory.events (a pure cgroup v2 host, emulated) is an OOM event")
+    func v2() async throws {
+        let root = try makeTempDir()
+        defer { try? Files.removeTree(root) }
+        try Files.makeDirectories("\(root)/tether/default/t")
+        let events = "\(root)/tether/default/t/memory.events"
+        func write(_ text: String) throws {
+            let fd = try FD.open(events, O_WRONLY | O_CREAT | O_TRUNC)
+            try fd.writeAll(Array(text.utf8))
+        }
+        try write("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+        let bus = EventBus()
+        let stream = bus.subscribe()
+        let monitor = try OOMMonitor(events: bus, logger: Logger(label: "test"), cgroupRoot: root)
+        let spec = Data(#"{"linux": {"cgroupsPath": "/tether/default/t"}}"#.utf8)
+        let task = SpecTask(spec: spec)
+        try monitor.monitor(task)
+        try write("low 0\nhigh 3\nmax 9\noom 1\noom_kill 1\n")  // a kill
+        var it = stream.makeAsyncIterator()
+        let first = await it.next()
+        #expect(first?.topic == TaskEvent.Topic.oom && first?.event.containerID == "t")
+        try monitor.stop(task)
+    }
+}
+
+struct SpecTask: RuntimeTask {
+    let spec: Data
+    var id: String { "t" }
+    var info: TaskInfo { TaskInfo(id: "t", runtime: "none", spec: spec, namespace: "default") }
+    func state() async throws -> State { State(status: .running, pid: 0) }
+    func start() async throws {}
+    func kill(signal: UInt32, all: Bool) async throws {}
+    func resizePty(_ size: ConsoleSize) async throws {}
+    func closeIO() async throws {}
+    func wait() async throws -> Exit { Exit(pid: 0, status: 0, timestamp: Date()) }
     func pause() async throws {}
     func resume() async throws {}
     func pids() async throws -> [UInt32] { [] }

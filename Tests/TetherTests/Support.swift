@@ -115,7 +115,8 @@ final class TestDaemon: @unchecked Sendable {
     var root: String { "\(dir)/root" }
     var state: String { "\(dir)/state" }
     var address: String { "\(state)/tetherd.sock" }
-    private(set) var process: Process?
+    /// tetherd's pid while it runs (started and reaped here, not by Foundation).
+    private(set) var pid: Int32 = 0
     private var log: ReadLines?
     private var extraArgs: [String]
     /// Everything every tetherd of this test wrote, across restarts.
@@ -137,17 +138,14 @@ final class TestDaemon: @unchecked Sendable {
     func start(_ args: [String]? = nil) async throws {
         if let args { extraArgs = args }
         earlierLogs += log?.text ?? ""
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "\(Prerequisites.binDir)/tetherd")
-        p.arguments = ["--root", root, "--state", state, "--log-level", "debug"] + extraArgs
-        p.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        process = p
-        let lines = ReadLines(err.fileHandleForReading)
+        let err = try FD.pipe()
+        var options = Spawn.Options()
+        options.fds = [-1, -1, err.write.raw]
+        options.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }.map { "\($0)=\($1)" }
+        let bin = "\(Prerequisites.binDir)/tetherd"
+        pid = try Spawn.spawn(bin, [bin, "--root", root, "--state", state, "--log-level", "debug"] + extraArgs, options)
+        err.write.close()
+        let lines = ReadLines(err.read)
         log = lines
         let up = try await offPool { lines.waitFor("tetherd \(TetherVersion.string) listening", timeout: 20) }
         try #require(up, "tetherd did not start: \(lines.text)")
@@ -158,22 +156,28 @@ final class TestDaemon: @unchecked Sendable {
     /// The logs of every tetherd this test started.
     var allLogs: String { earlierLogs + logText }
 
-    /// SIGTERM, and wait for tetherd to exit.
+    /// SIGTERM, and wait (20 s at most) for tetherd to exit.
     func stop() async throws {
-        guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, SIGTERM)
-        try await offPool { p.waitUntilExit() }
-        process = nil
+        guard pid > 0 else { return }
+        let p = pid
+        kill(p, SIGTERM)
+        let exited = try await offPool { waitForExit(p, timeoutMs: 20_000) }
+        if !exited {
+            Issue.record("tetherd did not stop within 20 s of SIGTERM")
+            kill(p, SIGKILL)
+            _ = try await offPool { waitForExit(p, timeoutMs: 20_000) }
+        }
+        pid = 0
     }
 
     func kill9() async throws {
-        guard let p = process else { return }
-        kill(p.processIdentifier, SIGKILL)
-        try await offPool { p.waitUntilExit() }
-        process = nil
+        guard pid > 0 else { return }
+        let p = pid
+        kill(p, SIGKILL)
+        _ = try await offPool { waitForExit(p, timeoutMs: 20_000) }
+        pid = 0
     }
 
-    var pid: Int32 { process?.processIdentifier ?? 0 }
 
     /// `tether ARGS` against this daemon.
     func tether(_ args: String..., stdin: Data? = nil, timeout: TimeInterval = 60) async throws -> CLIResult {
@@ -203,7 +207,7 @@ final class TestDaemon: @unchecked Sendable {
     /// Stops tetherd and checks that the test left no task, shim, container,
     /// mount or directory; anything found is a test failure, then cleaned up.
     func finish() async throws {
-        if process == nil { try await start() }
+        if pid == 0 { try await start() }
         let ls = try await tether("ls", "-q")
         let left = ls.out.split(separator: "\n")
         for id in left {
@@ -235,15 +239,15 @@ final class ReadLines: @unchecked Sendable {
     private var buffer = ""
     private var closed = false
 
-    init(_ h: FileHandle) {
+    init(_ fd: FD) {
         Thread.detachNewThread { [self] in
             while true {
-                let d = h.availableData
+                let d = (try? fd.read(upTo: 65536)) ?? []
                 lock.lock()
                 if d.isEmpty { closed = true } else { buffer += String(decoding: d, as: UTF8.self) }
                 lock.broadcast()
                 lock.unlock()
-                if d.isEmpty { return }
+                if d.isEmpty { fd.close(); return }
             }
         }
     }
@@ -293,4 +297,18 @@ func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
         try? await Task.sleep(nanoseconds: 10_000_000)
     }
     return condition()
+}
+
+/// Waits for a child to exit (a pidfd, polled) and reaps it. False on timeout.
+func waitForExit(_ pid: Int32, timeoutMs: Int32) -> Bool {
+    let pidfd = tether_pidfd_open(pid)
+    if pidfd >= 0 {
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        let n = poll(&p, 1, timeoutMs)
+        close(pidfd)
+        if n == 0 { return false }
+    }
+    var status: Int32 = 0
+    _ = tether_wait_pid(pid, &status)
+    return true
 }

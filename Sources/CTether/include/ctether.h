@@ -80,6 +80,11 @@ int tether_epoll_create(void);
 int tether_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
 int tether_epoll_wait(int epfd, uint64_t *datas, uint32_t *events, int max, int timeout_ms);
 
+// inotify (close-on-exec, nonblocking) and one watch on it.
+int tether_inotify_init(void);
+int tether_inotify_watch(int fd, const char *path, uint32_t mask);
+enum { TETHER_IN_MODIFY = 0x2 };
+
 // --- sockets ---------------------------------------------------------------
 
 // socket+bind+listen on a unix socket path (SOCK_STREAM, close-on-exec).
