@@ -17,9 +17,13 @@ public final class EventBus: Sendable {
 
     public init(log: @escaping @Sendable (TaskEvent) -> Void = { _ in }) { self.log = log }
 
-    public func publish(_ e: TaskEvent) {
+    /// Stamps the event with the time it is published (so timestamps follow
+    /// the order), and hands it to every subscriber.
+    public func publish(_ event: TaskEvent) {
         // Under the lock: two publishers never reach subscribers in different orders.
         state.withLock { s in
+            var e = event
+            e.timestamp = Date()
             log(e)
             for c in s.subscribers.values { c.yield(e) }
         }
