@@ -20,3 +20,14 @@ need_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
         die "apt-get install ${missing[*]} failed"
 }
+
+# build_release: the three binaries, optimized, with the Swift runtime
+# linked in and no PIE: they start faster, and every shim shares the runtime's
+# pages instead of dirtying its own copy with relocations (docs/benchmarks.md).
+build_release() {
+    for product in tether-shim tetherd tether; do
+        swift build -c release --static-swift-stdlib -Xlinker -no-pie --product "$product" 2>&1 |
+            grep -vE '^(warning: .swift-distributed-tracing|    /.*CMakeLists.txt)' >&2 ||
+            die "swift build --product $product failed"
+    done
+}

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
@@ -86,6 +87,10 @@ out:
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     return rc;
+}
+
+int tether_limit_malloc_arenas(int n) {
+    return mallopt(M_ARENA_MAX, n) == 1 ? 0 : -EINVAL;
 }
 
 int tether_set_child_subreaper(void) {

@@ -11,6 +11,9 @@ import TetherSys
 /// tether-shim's main: detach, become the child subreaper, serve the task API.
 public enum ShimMain {
     public static func run(_ args: [String]) -> Never {
+        // One malloc arena for all threads: a shim allocates little, and each
+        // extra arena is dirty memory paid per task.
+        _ = tether_limit_malloc_arenas(1)
         let options: ShimOptions
         do {
             options = try ShimOptions.parse(args)

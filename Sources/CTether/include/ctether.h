@@ -19,6 +19,10 @@ int tether_spawn(const char *path, char *const argv[], char *const envp[],
                  const int *fds, int nfds, int flags, const char *cwd,
                  pid_t *pid);
 
+// mallopt(M_ARENA_MAX, n): at most n malloc arenas (one per thread by
+// default, each a few dozen KiB of dirty memory in a small process).
+int tether_limit_malloc_arenas(int n);
+
 // prctl(PR_SET_CHILD_SUBREAPER, 1).
 int tether_set_child_subreaper(void);
 // prctl(PR_SET_PDEATHSIG, sig).
