@@ -369,22 +369,24 @@ final class TaskService: Sendable {
 
     func pause(_ r: Containerd_Task_V2_PauseRequest) async throws -> Google_Protobuf_Empty {
         try checkID(r.id)
-        let process = try process("")
-        try process.transition(from: [.running], to: .running, what: "pause")
-        try await runtime.pause(id: options.id)
-        process.moveIfAlive(from: .running, to: .paused)
-        ShimLog.info("paused \(options.id)")
+        try await freeze(true)
         return Google_Protobuf_Empty()
     }
 
     func resume(_ r: Containerd_Task_V2_ResumeRequest) async throws -> Google_Protobuf_Empty {
         try checkID(r.id)
-        let process = try process("")
-        try process.transition(from: [.paused], to: .paused, what: "resume")
-        try await runtime.resume(id: options.id)
-        process.moveIfAlive(from: .paused, to: .running)
-        ShimLog.info("resumed \(options.id)")
+        try await freeze(false)
         return Google_Protobuf_Empty()
+    }
+
+    /// Pause (running → paused) or resume (paused → running) through the runtime's freezer.
+    private func freeze(_ frozen: Bool) async throws {
+        let process = try process("")
+        let (from, to): (ShimProcess.Phase, ShimProcess.Phase) = frozen ? (.running, .paused) : (.paused, .running)
+        try process.transition(from: [from], to: from, what: frozen ? "pause" : "resume")
+        if frozen { try await runtime.pause(id: options.id) } else { try await runtime.resume(id: options.id) }
+        process.moveIfAlive(from: from, to: to)
+        ShimLog.info("\(frozen ? "paused" : "resumed") \(options.id)")
     }
 
     /// Every process in the container, each exec'd one with its exec ID.

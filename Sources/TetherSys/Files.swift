@@ -91,13 +91,7 @@ public enum Files {
             throw e
         }
         defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
+        let names = entries(dir)
         let fd = Glibc.dirfd(dir)
         for name in names {
             let child = "\(path)/\(name)"
@@ -121,6 +115,11 @@ public enum Files {
     public static func listDirectory(_ path: String) throws(SysError) -> [String] {
         guard let dir = opendir(path) else { throw SysError.last("opendir", path) }
         defer { closedir(dir) }
+        return entries(dir).sorted()
+    }
+
+    /// The names in an open directory, without "." and "..".
+    private static func entries(_ dir: OpaquePointer) -> [String] {
         var names: [String] = []
         while let entry = readdir(dir) {
             let name = withUnsafePointer(to: entry.pointee.d_name) {
@@ -128,7 +127,7 @@ public enum Files {
             }
             if name != "." && name != ".." { names.append(name) }
         }
-        return names.sorted()
+        return names
     }
 
     public static func makeFifo(_ path: String, mode: mode_t = 0o600) throws(SysError) {

@@ -28,7 +28,7 @@ struct MonitorTests {
     func multi() throws {
         let a = RecordingMonitor(), b = RecordingMonitor()
         let m = MultiTaskMonitor([a, FailingMonitor(), b])
-        let task = FakeTask()
+        let task = SpecTask(spec: Data(), id: "fake")
         #expect(throws: FailingMonitor.Failed.self) { try m.monitor(task) }
         #expect(throws: FailingMonitor.Failed.self) { try m.stop(task) }
         #expect(a.events.withLock { $0 } == ["monitor fake", "stop fake"])
@@ -84,26 +84,6 @@ struct RuntimeAPITests {
     }
 }
 
-/// A RuntimeTask that does nothing, for monitor tests.
-struct FakeTask: RuntimeTask {
-    var id: String { "fake" }
-    var info: TaskInfo { TaskInfo(id: "fake", runtime: "none", spec: Data(), namespace: "default") }
-    func state() async throws -> State { State(status: .created, pid: 0) }
-    func kill(signal: UInt32, all: Bool) async throws {}
-    func resizePty(_ size: ConsoleSize) async throws {}
-    func closeIO() async throws {}
-    func wait() async throws -> Exit { Exit(pid: 0, status: 0, timestamp: Date()) }
-    func start() async throws {}
-    func pause() async throws {}
-    func resume() async throws {}
-    func pids() async throws -> [UInt32] { [] }
-    func exec(id: String, _ opts: ExecOpts) async throws -> any RuntimeProcess { self }
-    func checkpoint(path: String, options: Data?) async throws {}
-    func deleteProcess(id: String) async throws -> Exit { try await wait() }
-    func update(resources: Data) async throws {}
-    func process(id: String) async throws -> any RuntimeProcess { self }
-}
-
 @Suite("OOM monitor, cgroup v2 path", .timeLimit(.minutes(1)))
 struct OOMv2Tests {
     /// A cgroup v2 layout in a temp dir: memory.events whose oom_kill count
@@ -133,10 +113,11 @@ struct OOMv2Tests {
     }
 }
 
+/// A RuntimeTask that does nothing but carry a spec, for monitor tests.
 struct SpecTask: RuntimeTask {
     let spec: Data
-    var id: String { "t" }
-    var info: TaskInfo { TaskInfo(id: "t", runtime: "none", spec: spec, namespace: "default") }
+    var id = "t"
+    var info: TaskInfo { TaskInfo(id: id, runtime: "none", spec: spec, namespace: "default") }
     func state() async throws -> State { State(status: .running, pid: 0) }
     func start() async throws {}
     func kill(signal: UInt32, all: Bool) async throws {}
