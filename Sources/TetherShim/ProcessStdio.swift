@@ -68,6 +68,7 @@ final class ProcessStdio: Sendable {
         let inPipe = files.stdin == nil ? nil : try FD.pipe()
         let outPipe = files.stdout == nil ? nil : try FD.pipe()
         let errPipe = files.stderr == nil ? nil : try FD.pipe()
+        for p in [outPipe, errPipe] { _ = try? p?.write.setPipeSize(outputPipeSize) }
         let remaining = Countdown([files.stdout, files.stderr].compactMap { $0 }.count, onOutputDone)
         var stdinStream: StdioRelay.StreamID? = nil
         var streams: [StdioRelay.StreamID] = []
@@ -116,8 +117,21 @@ final class ProcessStdio: Sendable {
         console?.close()
     }
 
+    /// Capacity of the container's stdout and stderr pipes and of output
+    /// FIFOs: 1 MiB (Linux's default pipe-max-size) instead of 64 KiB, so
+    /// bulk output wakes the relay and the client a sixteenth as often. The
+    /// kernel allocates the pages only as data waits in them. Measured here:
+    /// 1 GiB from a container through the shim and `tether run` to a reader,
+    /// median of 15 interleaved runs, 0.44 s with 64 KiB FIFOs, 0.34 s with
+    /// 1 MiB. Best effort: where the kernel refuses, a pipe keeps 64 KiB.
+    static let outputPipeSize: Int32 = 1 << 20
+
     static func openOutput(_ path: String) throws(SysError) -> FD {
-        if isFifo(path) { return try FD.open(path, O_RDWR | O_NONBLOCK) }
+        if isFifo(path) {
+            let fifo = try FD.open(path, O_RDWR | O_NONBLOCK)
+            _ = try? fifo.setPipeSize(outputPipeSize)
+            return fifo
+        }
         return try FD.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o640)
     }
 

@@ -47,7 +47,33 @@ public final class FD: Sendable, CustomStringConvertible {
         return (FD(fds[0]), FD(fds[1]))
     }
 
+    /// Sets the capacity of the pipe or FIFO behind this fd (F_SETPIPE_SZ);
+    /// returns the capacity it got.
+    @discardableResult
+    public func setPipeSize(_ bytes: Int32) throws(SysError) -> Int32 {
+        try Self.setPipeSize(raw, bytes)
+    }
+
+    /// The capacity of the pipe or FIFO behind this fd (F_GETPIPE_SZ).
+    public func pipeSize() throws(SysError) -> Int32 {
+        try check(tether_pipe_size(raw), "fcntl(F_GETPIPE_SZ)")
+    }
+
+    /// The same for an fd this process does not own as an FD (its stdout, say).
+    @discardableResult
+    public static func setPipeSize(_ fd: Int32, _ bytes: Int32) throws(SysError) -> Int32 {
+        try check(tether_set_pipe_size(fd, bytes), "fcntl(F_SETPIPE_SZ)")
+    }
+
     // MARK: - io
+
+    /// Moves up to `max` bytes from this fd to `dst` without copying them
+    /// (splice(2); one end must be a pipe; non-blocking on the pipe side).
+    /// Returns the bytes moved, 0 at end of file, or -errno (EAGAIN: nothing
+    /// to move or no room; EINVAL: these two cannot be spliced).
+    public func splice(to dst: Int32, max: Int) -> Int {
+        tether_splice(raw, dst, max)
+    }
 
     /// Writes all of `bytes`, retrying short writes and EINTR. Blocking fds only.
     public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(SysError) {

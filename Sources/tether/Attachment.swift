@@ -28,6 +28,7 @@ final class Attachment: @unchecked Sendable {
         signal(SIGPIPE, SIG_IGN)
         for (src, dst) in [(out, Int32(1)), (err, Int32(2))] {
             guard let src else { continue }
+            Self.enlargeIfPipe(dst)
             done.enter()
             Thread.detachNewThread { [done] in
                 Self.copyOut(src, to: dst)
@@ -47,24 +48,65 @@ final class Attachment: @unchecked Sendable {
     /// Waits for the end of the output.
     func waitForOutput() { done.wait() }
 
-    /// Copies until end of file. If our own output goes away (EPIPE), keeps
+    /// Copies until end of file: with splice(2) where our output allows it
+    /// (a pipe or a file: the bytes never enter this process), else through a
+    /// buffer (a terminal). If our own output goes away (EPIPE), keeps
     /// reading and dropping, so the process never blocks on a full pipe.
     private static func copyOut(_ src: FD, to dst: Int32) {
         var buf = [UInt8](repeating: 0, count: 65536)
         var sinkOpen = true
+        var useSplice = true
         while true {
-            var p = pollfd(fd: src.raw, events: Int16(POLLIN), revents: 0)
-            if poll(&p, 1, -1) < 0 { if errno == EINTR { continue } else { return } }
+            if useSplice {
+                let n = src.splice(to: dst, max: 1 << 20)
+                if n > 0 { continue }
+                if n == 0 { return }
+                if n == -Int(EAGAIN) {
+                    // Either no room in our output or nothing in the FIFO: wait for both.
+                    if !waitFor(dst, POLLOUT) || !waitFor(src.raw, POLLIN) { return }
+                    continue
+                }
+                useSplice = false
+                if n != -Int(EINVAL) { sinkOpen = false }  // EPIPE and the like: the sink is gone
+                continue
+            }
             let n = buf.withUnsafeMutableBytes { read(src.raw, $0.baseAddress!, $0.count) }
             if n == 0 { return }
-            if n < 0 { if errno == EAGAIN || errno == EINTR { continue } else { return } }
+            if n < 0 {
+                if errno == EINTR { continue }
+                guard errno == EAGAIN, waitFor(src.raw, POLLIN) else { return }
+                continue
+            }
             var off = 0
             while sinkOpen && off < n {
                 let w = buf.withUnsafeBytes { write(dst, $0.baseAddress! + off, n - off) }
-                if w < 0 { if errno == EINTR { continue }; sinkOpen = false; break }
+                if w < 0 {
+                    if errno == EINTR { continue }
+                    if errno == EAGAIN, waitFor(dst, POLLOUT) { continue }
+                    sinkOpen = false
+                    break
+                }
                 off += w
             }
         }
+    }
+
+    /// When our output is a pipe, gives it 1 MiB (best effort), as the shim
+    /// does for the container's: bulk output then wakes the reader a
+    /// sixteenth as often.
+    private static func enlargeIfPipe(_ fd: Int32) {
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFIFO else { return }
+        _ = try? FD.setPipeSize(fd, 1 << 20)
+    }
+
+    /// Blocks until `fd` is ready for `events` (or hung up); false on a poll error.
+    private static func waitFor(_ fd: Int32, _ events: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(events), revents: 0)
+        while poll(&p, 1, -1) < 0 {
+            if errno != EINTR { return false }
+        }
+        return true
     }
 
     /// Copies our stdin to the FIFO until end of file (false) or, in a

@@ -78,6 +78,14 @@ struct StdioTests {
             }
             let rss = try #require(rssKiB(shim))
             #expect(rss < 20 * 1024, "shim RSS \(rss) KiB")
+            // What waits is in the kernel: the container's stdout pipe and the FIFO, 1 MiB each.
+            let task = try await api.get("w")
+            let containerStdout = try FD.open("/proc/\(task.pid)/fd/1", O_RDONLY | O_NONBLOCK)
+            #expect(try containerStdout.pipeSize() == 1 << 20)
+            containerStdout.close()
+            let fifo = try FD.open(task.io.stdout, O_RDONLY | O_NONBLOCK)
+            #expect(try fifo.pipeSize() == 1 << 20)
+            fifo.close()
             #expect(!Files.exists("\(d.bundle("w"))/rootfs/done"))
             #expect(try await d.tether("kill", "-s", "KILL", "w").status == 0)
             #expect(try await api.wait("w").status == 137)

@@ -85,8 +85,9 @@ struct TerminalTests {
         #expect(try Files.readString("\(d.dir)/before") == (try Files.readString("\(d.dir)/after")), "the terminal was not restored")
 
         // Detach with ctrl-p ctrl-q: the task keeps running; attach again.
-        try await t.keys("clear; \(tether) run -t dt -- sh", "Enter")
-        try await t.expectScreen("/ #")
+        // A marker only the new container prints (the first session's "/ #" may still be on screen).
+        try await t.keys("clear; \(tether) run -t dt -- sh -c 'echo in-dt-$((6*7)); exec sh'", "Enter")
+        try await t.expectScreen("in-dt-42")
         try await t.keys("C-p", "C-q")
         try await t.expectScreen("detached from dt")
         #expect(try await d.tether("state", "dt").out.contains("\"running\""))
