@@ -523,6 +523,54 @@ def bench_scale(st, tether, ctrd, conmon, n, tether_n):
         par("tether", tether.start_sleeper, tether.remove, tether_n)
 
 
+def api_call(sock, method, path, body=None, timeout=60):
+    """One request to tetherd's HTTP API on its unix socket; ms taken."""
+    import http.client
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = __import__("socket").socket(__import__("socket").AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(sock)
+
+    c = Conn("tetherd")
+    t = now()
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status >= 300:
+        raise RuntimeError("%s %s: %d %s" % (method, path, r.status, data.decode(errors="replace")))
+    return (now() - t) * 1000
+
+
+def bench_steps(st, tether, runc, n):
+    """Where start-to-exit goes: each API step of a /bin/true task through
+    tetherd, next to the runc invocations a shim makes for it."""
+    base = "/v1/namespaces/default/tasks"
+    for i in range(n):
+        cid = "st%d" % i
+        st.add("step_create", "tether", api_call(tether.addr, "POST", base, {"id": cid, "args": ["/bin/true"]}), "ms")
+        st.add("step_start", "tether", api_call(tether.addr, "POST", "%s/%s/start" % (base, cid)), "ms")
+        st.add("step_wait", "tether", api_call(tether.addr, "POST", "%s/%s/wait" % (base, cid)), "ms")
+        st.add("step_delete", "tether", api_call(tether.addr, "DELETE", "%s/%s" % (base, cid)), "ms")
+        st.add("step_cli_round_trip", "tether", timed(tether.cli("version")), "ms")
+    b = runc.env.bundle("runc-steps", ["/bin/true"])
+    for i in range(n):
+        cid = "rs%d" % i
+        # The container keeps runc's stdio until it runs: nothing of ours to wait on.
+        st.add("step_create", "runc", timed([RUNC, "--root", runc.root, "create", "--bundle", b, cid],
+                                            stderr=subprocess.DEVNULL), "ms")
+        st.add("step_start", "runc", timed([RUNC, "--root", runc.root, "start", cid]), "ms")
+        deadline = now() + 10
+        while b'"stopped"' not in run([RUNC, "--root", runc.root, "state", cid], stdout=subprocess.PIPE).stdout:
+            if now() > deadline:
+                raise RuntimeError("runc container %s did not stop" % cid)
+            time.sleep(0.005)  # outside the measured steps
+        st.add("step_delete", "runc", timed([RUNC, "--root", runc.root, "delete", cid]), "ms")
+
+
 def bench_exit(st, tether, ctrd, conmon, n):
     """kill -9 of the container's init until the exit is seen."""
     for i in range(n):
@@ -756,10 +804,12 @@ def main():
     p.add_argument("--work", default="/tmp/tether-bench")
     p.add_argument("--out", default=os.path.join(TOP, "bench-results", time.strftime("%Y%m%d-%H%M%S")))
     p.add_argument("--bin", required=True, help="where tetherd, tether and tether-shim are")
-    p.add_argument("--sections", default="latency,memory,scale,exit,stdio,reload")
+    p.add_argument("--sections", default="latency,steps,memory,scale,exit,stdio,reload")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("scripts/bench must run as root")
+    # SIGTERM (a timeout, a kill) still runs the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     q = a.quick
     n_lat = 5 if q else 20
     counts = [1, 5, 10] if q else [1, 10, 25, 50]
@@ -796,6 +846,9 @@ def main():
             log("crun does not work here: its figures are left out")
         if "latency" in sections:
             bench_latency(st, [s for s in (runc, crun if crun_ok else None, ctrd, conmon, tether, tcrun) if s], n_lat)
+        if "steps" in sections:
+            log("steps: %d each" % n_lat)
+            bench_steps(st, tether, runc, n_lat)
         if "exit" in sections:
             bench_exit(st, tether, ctrd, conmon, exit_n)
         if "memory" in sections:
