@@ -1,4 +1,9 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
 import TetherRuntime
 
 // The JSON of tetherd's HTTP API (docs/api.md). Shared by the server and the CLI.
@@ -250,7 +255,7 @@ public struct ErrorBody: Codable, Sendable {
 public enum APIJSON {
     public static let encoder: JSONEncoder = {
         let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         e.dateEncodingStrategy = .custom { date, encoder in
             var c = encoder.singleValueContainer()
             try c.encode(RFC3339.format(date))

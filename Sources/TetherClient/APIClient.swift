@@ -1,4 +1,9 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
 import TetherAPI
 import TetherRuntime
 
@@ -62,12 +67,27 @@ public struct APIClient: Sendable {
 
     /// Events as they happen, filtered; calls `onEvent` for each until the
     /// stream ends. `onReady` runs once tetherd has the subscription in place.
+    /// Every byte but ASCII letters and digits as %XX (a query value).
+    static func percentEncoded(_ s: String) -> String {
+        var out = ""
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                let hex = Array("0123456789ABCDEF".utf8)
+                out += "%" + String(Unicode.Scalar(hex[Int(b >> 4)])) + String(Unicode.Scalar(hex[Int(b & 15)]))
+            }
+        }
+        return out
+    }
+
     public func events(namespace: String?, task: String?, topics: [String], onReady: () -> Void = {},
                        onEvent: (TaskEvent) -> Void) throws {
         var query: [String] = []
         if let namespace { try Identifier.validate(namespace, kind: "namespace"); query.append("namespace=\(namespace)") }
         if let task { try Identifier.validate(task, kind: "task ID"); query.append("task=\(task)") }
-        for t in topics { query.append("topic=\(t.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? t)") }
+        for t in topics { query.append("topic=\(Self.percentEncoded(t))") }
         do {
             var readySent = false
             try http.stream("/v1/events" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))) { line in

@@ -1,4 +1,9 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Glibc
 import TetherSys
 
 /// A minimal HTTP/1.1 client over a unix socket, one request per connection:
@@ -78,7 +83,7 @@ public struct HTTPUnixClient: Sendable {
                 // Take whole chunks out of raw; a 0-size chunk ends the stream.
                 while let crlf = raw.firstRange(of: [13, 10]) {
                     let sizeText = String(decoding: raw[..<crlf.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
-                    guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw Failure.broken("bad chunk size") }
+                    guard let size = Int(sizeText.trimmingSpaces, radix: 16) else { throw Failure.broken("bad chunk size") }
                     if size == 0 { emit(&body, onLine); return }
                     guard raw.count >= crlf.upperBound + size + 2 else { break }
                     body += raw[crlf.upperBound..<(crlf.upperBound + size)]
@@ -115,7 +120,7 @@ public struct HTTPUnixClient: Sendable {
         var headers: [String: String] = [:]
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingSpaces
         }
         return Response(status: status, headers: headers, body: Data())
     }
@@ -141,12 +146,21 @@ public struct HTTPUnixClient: Sendable {
         while true {
             guard let crlf = b[i...].firstRange(of: [13, 10]) else { throw Failure.broken("bad chunk header") }
             let sizeText = String(decoding: b[i..<crlf.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw Failure.broken("bad chunk size") }
+            guard let size = Int(sizeText.trimmingSpaces, radix: 16) else { throw Failure.broken("bad chunk size") }
             i = crlf.upperBound
             if size == 0 { return out }
             guard i + size <= b.count else { throw Failure.broken("short chunk") }
             out += b[i..<(i + size)]
             i += size + 2
         }
+    }
+}
+
+extension StringProtocol {
+    /// Without leading and trailing spaces and tabs (HTTP's optional whitespace).
+    var trimmingSpaces: String {
+        let isSpace = { (c: Character) in c == " " || c == "\t" }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
+        return String(self[first...last])
     }
 }

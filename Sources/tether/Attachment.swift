@@ -1,4 +1,10 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherClient
 import TetherRuntime
 import TetherSys
@@ -30,7 +36,7 @@ final class Attachment: @unchecked Sendable {
             guard let src else { continue }
             Self.enlargeIfPipe(dst)
             done.enter()
-            Thread.detachNewThread { [done] in
+            OSThread.start(dst == 1 ? "copy-stdout" : "copy-stderr") { [done] in
                 Self.copyOut(src, to: dst)
                 done.leave()
             }
@@ -38,7 +44,7 @@ final class Attachment: @unchecked Sendable {
         guard stdin, !io.stdin.isEmpty else { return }
         let fifo = try FD.open(io.stdin, O_WRONLY)  // the shim holds the read end: never blocks
         let terminal = io.terminal
-        Thread.detachNewThread { [detached] in
+        OSThread.start("copy-stdin") { [detached] in
             let detachedByKeys = Self.copyIn(to: fifo, watchDetachKeys: terminal)
             fifo.close()
             if detachedByKeys { detached.signal() } else if !terminal { closeIO() }

@@ -1,5 +1,11 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import SwiftProtobuf
 import TTRPC
 import TetherAPI

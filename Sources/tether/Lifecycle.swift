@@ -1,8 +1,15 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherAPI
 import TetherClient
 import TetherRuntime
+import TetherSys
 
 struct Pause: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Freeze every process of a running task (cgroup freezer).")
@@ -28,8 +35,8 @@ struct Pids: ParsableCommand {
     func run() throws {
         try guarded {
             let list = try global.client.pids(id)
-            print("PID".padding(toLength: 10, withPad: " ", startingAt: 0) + "EXEC")
-            for p in list { print(String(p.pid).padding(toLength: 10, withPad: " ", startingAt: 0) + (p.execID ?? "-")) }
+            print("PID".padded(to: 10) + "EXEC")
+            for p in list { print(String(p.pid).padded(to: 10) + (p.execID ?? "-")) }
         }
     }
 }
@@ -60,11 +67,15 @@ struct ResourceOptions: ParsableArguments {
     /// As OCI LinuxResources JSON.
     func linuxResources() throws -> Data? {
         guard let r = try request() else { return nil }
-        var out: [String: Any] = [:]
-        if let m = r.memory { out["memory"] = ["limit": m] }
-        if let c = r.cpus { out["cpu"] = ["quota": Int64((c * 100_000).rounded()), "period": 100_000] }
-        if let p = r.pidsLimit { out["pids"] = ["limit": p] }
-        return try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
+        struct Limit: Encodable { var limit: Int64 }
+        struct CPU: Encodable { var quota: Int64; var period: UInt64 }
+        struct LinuxResources: Encodable { var memory: Limit?; var cpu: CPU?; var pids: Limit? }
+        let out = LinuxResources(memory: r.memory.map { Limit(limit: $0) },
+                                 cpu: r.cpus.map { CPU(quota: Int64(($0 * 100_000).rounded()), period: 100_000) },
+                                 pids: r.pidsLimit.map { Limit(limit: $0) })
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return try encoder.encode(out)
     }
 }
 
@@ -79,7 +90,7 @@ struct Update: ParsableCommand {
         try guarded {
             let data: Data
             if let file = resourcesFile {
-                data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : try Data(contentsOf: URL(fileURLWithPath: file))
+                data = Data(try Files.read(file == "-" ? "/dev/stdin" : file))
             } else if let d = try resources.linuxResources() {
                 data = d
             } else {
@@ -135,7 +146,7 @@ struct Events: ParsableCommand {
             let encoder = APIJSON.encoder
             try global.client.events(namespace: ns, task: task, topics: topic) { e in
                 // One write per event, unbuffered: a reader of a pipe sees each at once.
-                if let data = try? encoder.encode(e) { FileHandle.standardOutput.write(data + Data([0x0A])) }
+                if let data = try? encoder.encode(e) { writeAll(1, Array(data) + [0x0A]) }
             }
         }
     }

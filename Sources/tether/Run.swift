@@ -1,8 +1,15 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherAPI
 import TetherClient
 import TetherRuntime
+import TetherSys
 
 /// The flags that say what a new task is: shared by run and create.
 struct TaskOptions: ParsableArguments {
@@ -90,12 +97,12 @@ struct Session {
 
         let result = Box<Result<Outcome, any Error>>()
         let finished = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
+        OSThread.start("wait") {
             result.set(Result { .exited(try wait()) })
             finished.signal()
         }
         let attachment = self.attachment
-        Thread.detachNewThread {
+        OSThread.start("detach-keys") {
             attachment.detached.wait()
             result.set(.success(.detached))
             finished.signal()
@@ -109,10 +116,12 @@ struct Session {
 
 /// A value set once by one thread and read by another.
 final class Box<T>: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)  // a stable address
     private var value: T?
-    func set(_ v: T) { lock.lock(); if value == nil { value = v }; lock.unlock() }
-    func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
+    init() { pthread_mutex_init(lock, nil) }
+    deinit { pthread_mutex_destroy(lock); lock.deallocate() }
+    func set(_ v: T) { pthread_mutex_lock(lock); if value == nil { value = v }; pthread_mutex_unlock(lock) }
+    func get() -> T? { pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }; return value }
 }
 
 struct Run: ParsableCommand {

@@ -1,4 +1,10 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherClient
 
 /// Passes SIGINT, SIGTERM and SIGHUP on to the task while the CLI waits for

@@ -1,5 +1,11 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherAPI
 import TetherClient
 import TetherRuntime
@@ -60,7 +66,24 @@ func guarded(_ body: () throws -> Void) throws {
 }
 
 func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
+    writeAll(2, Array((line + "\n").utf8))
+}
+
+/// Writes all of `bytes` to an fd this process does not own as an FD (stdout, stderr).
+func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+        if n < 0 { if errno == EINTR { continue } else { return } }
+        off += n
+    }
+}
+
+extension String {
+    /// Left-aligned in a column of `width` characters (never cut).
+    func padded(to width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
 }
 
 /// "3" for an exit status, "3 (SIGQUIT)"-style names for deaths by signal.

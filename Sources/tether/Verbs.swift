@@ -1,5 +1,11 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+import Dispatch
+#else
 import Foundation
+#endif
+import Glibc
 import TetherAPI
 import TetherClient
 import TetherRuntime
@@ -35,7 +41,7 @@ struct List: ParsableCommand {
             }
             let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
             for r in rows {
-                print(r.enumerated().map { i, v in i == 3 ? v : v.padding(toLength: widths[i] + 3, withPad: " ", startingAt: 0) }.joined())
+                print(r.enumerated().map { i, v in i == 3 ? v : v.padded(to: widths[i] + 3) }.joined())
             }
         }
     }

@@ -4,6 +4,7 @@ import Glibc
 import CTether
 import Foundation
 import Testing
+import TetherAPI
 import TetherManager
 import TetherRuntime
 import TetherSys
@@ -73,6 +74,16 @@ struct TimeTests {
         #expect(d.timeIntervalSince1970 == 1_795_917_776.5)
         #expect(RFC3339.parse("2026-11-29T03:02:56+01:00")?.timeIntervalSince1970 == 1_795_917_776)
         #expect(RFC3339.parse("yesterday") == nil)
+    }
+
+    @Test("the API's JSON: RFC 3339 times, sorted keys, topics with plain slashes")
+    func apiJSON() throws {
+        let event = TaskEvent(timestamp: Date(timeIntervalSince1970: 1_795_917_776.5), namespace: "default", topic: "/tasks/exit",
+                              event: .init(containerID: "t1", pid: 42, exitStatus: 3))
+        let text = String(decoding: try APIJSON.encoder.encode(event), as: UTF8.self)
+        #expect(text.contains(#""topic":"/tasks/exit""#), "\(text)")
+        #expect(text.contains(#""timestamp":"2026-11-29T02:02:56.500000000Z""#), "\(text)")
+        #expect(try APIJSON.decoder.decode(TaskEvent.self, from: Data(text.utf8)).topic == "/tasks/exit")
     }
 }
 
