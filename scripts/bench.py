@@ -839,6 +839,7 @@ def main():
     env = Env(a)
     run([os.path.join(TOP, "scripts", "make-rootfs"), env.rootfs])
 
+    facts = machine_facts()  # the load before we add any
     st = Stats()
     sections = set(a.sections.split(","))
     runc, crun = Runc(env), Crun(env)
@@ -890,7 +891,8 @@ def main():
                     for d in sorted((r for r, _, _ in os.walk(path)), key=len, reverse=True):
                         with contextlib.suppress(OSError):
                             os.rmdir(d)
-    facts = machine_facts()
+    with open("/proc/loadavg") as f:
+        facts["load_at_end"] = f.read().strip()
     with open(os.path.join(a.out, "machine.json"), "w") as f:
         json.dump(facts, f, indent=1)
     log("machine: %s" % json.dumps(facts))
