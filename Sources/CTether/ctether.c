@@ -417,3 +417,7 @@ uint64_t tether_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+int tether_thread_setresuid(uid_t r, uid_t e, uid_t s) {
+    return syscall(SYS_setresuid, r, e, s) < 0 ? -errno : 0;
+}

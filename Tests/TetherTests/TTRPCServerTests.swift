@@ -7,6 +7,7 @@ import Testing
 import TTRPC
 import TetherProto
 import TetherSys
+import CTether
 
 /// A real TTRPCServer on a socket, fed well-formed and malformed frames.
 @Suite("ttrpc server", .timeLimit(.minutes(1)))
@@ -92,6 +93,37 @@ struct TTRPCServerTests {
         let c = try TTRPCBlockingClient(socketPath: path)
         #expect(try echo(c, "after") == "after")
         try removeTree()
+    }
+
+    @Test("a peer of another uid is refused (SO_PEERCRED): its connection closes unanswered")
+    func otherUidRefused() async throws {
+        guard Prerequisites.isRoot || inCI else { try removeTree(); return }
+        try #require(Prerequisites.isRoot, "this test connects as another uid: run it as root")
+        try await offPool { try otherUidBody() }
+    }
+
+    func otherUidBody() throws {
+        defer { try? removeTree() }
+        // Let uid 65534 reach the socket at all: the refusal must be the server's.
+        _ = try check(chmod(dir, 0o755) == 0 ? 0 : -errno, "chmod", dir)
+        _ = try check(chmod(path, 0o777) == 0 ? 0 : -errno, "chmod", path)
+        let c = try TTRPCBlockingClient(socketPath: path)
+        #expect(try echo(c, "our-uid") == "our-uid")  // our own uid is served
+        // This thread alone becomes uid 65534 (the saved uid stays 0, to come back).
+        _ = try check(tether_thread_setresuid(65534, 65534, 0), "setresuid")
+        let stranger = Result { () throws(SysError) -> FD in try UnixSocket.connect(path) }
+        _ = try check(tether_thread_setresuid(0, 0, 0), "setresuid")
+        let fd = try stranger.get()
+        var req = Ttrpc_Request()
+        req.service = "test.Echo"
+        req.method = "Echo"
+        // The server may already have closed (EPIPE): what matters is that no answer comes.
+        _ = try? fd.writeAll(try Frame(streamID: 1, type: .request, payload: try req.serializedBytes()).encoded())
+        var p = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&p, 1, 5000) == 1, "no answer and no close within 5 s")
+        let answer = (try? fd.read(upTo: 4096)) ?? []  // end of file, or ECONNRESET
+        #expect(answer.isEmpty, "the server answered a peer of another uid")
+        fd.close()
     }
 
     private func readStatus(_ fd: FD, stream: UInt32) throws -> Ttrpc_Status {

@@ -98,6 +98,10 @@ int tether_unix_connect(const char *path);
 int tether_accept(int fd);
 // SO_PEERCRED of a connected unix socket.
 int tether_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+// setresuid(2) for the calling thread only (the raw syscall; glibc's wrapper
+// changes every thread). For tests that need a peer of another uid.
+int tether_thread_setresuid(uid_t r, uid_t e, uid_t s);
 // Receive up to len bytes and at most one fd sent with SCM_RIGHTS.
 // Returns bytes read (>=0) and *fd (-1 when none), or -errno.
 ssize_t tether_recv_fd(int sock, void *buf, size_t len, int *fd);
