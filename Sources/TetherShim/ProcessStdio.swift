@@ -90,14 +90,17 @@ final class ProcessStdio: Sendable {
     static func terminal(_ files: Opened, master: FD, relay: StdioRelay,
                          onOutputDone: @escaping @Sendable () -> Void) throws(SysError) -> ProcessStdio {
         let dup = { () throws(SysError) -> FD in FD(try check(fcntl(master.raw, F_DUPFD_CLOEXEC, 3), "dup", "pty master")) }
+        // Both dups before any stream joins the relay: a failure leaves nothing registered.
+        let toMaster = files.stdin == nil ? nil : try dup()
+        let fromMaster = files.stdout == nil ? nil : try dup()
         var stdinStream: StdioRelay.StreamID? = nil
         var streams: [StdioRelay.StreamID] = []
-        if let src = files.stdin {
-            stdinStream = relay.add(from: src, to: try dup())
+        if let src = files.stdin, let toMaster {
+            stdinStream = relay.add(from: src, to: toMaster)
             streams.append(stdinStream!)
         }
-        if let dst = files.stdout {
-            streams.append(relay.add(from: try dup(), to: dst, tap: files.log?.tap("stdout")) { onOutputDone() })
+        if let dst = files.stdout, let fromMaster {
+            streams.append(relay.add(from: fromMaster, to: dst, tap: files.log?.tap("stdout")) { onOutputDone() })
         } else {
             onOutputDone()
         }

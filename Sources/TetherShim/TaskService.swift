@@ -204,7 +204,7 @@ final class TaskService: Sendable {
                 try await startExec(process)
             }
         } catch {
-            if process.phase == .starting { process.set(phase: .created) }
+            process.moveIfAlive(from: .starting, to: .created)
             throw error
         }
         ShimLog.info("started \(process.name) of \(options.id), pid \(process.pid)")
@@ -254,13 +254,16 @@ final class TaskService: Sendable {
         defer { reaper.doneExpecting() }
         do {
             let files = try ProcessStdio.openPaths(process.io, log: nil)
-            if process.io.terminal { console = try ConsoleSocket(path: "\(options.bundle)/execs/\(execID).sock") }
-            if process.io.terminal, let size = process.pendingSize {
-                // runc exec starts the process at once: a size set after it
-                // returns would come too late, so the runtime gets it in the spec.
-                try withConsoleSize(execSpecPath(execID), width: size.width, height: size.height)
+            if process.io.terminal {
+                console = try ConsoleSocket(path: "\(options.bundle)/execs/\(execID).sock")
+                if let size = process.pendingSize {
+                    // runc exec starts the process at once: a size set after it
+                    // returns would come too late, so the runtime gets it in the spec.
+                    try withConsoleSize(execSpecPath(execID), width: size.width, height: size.height)
+                }
+            } else {
+                stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() }
             }
-            else { stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() } }
             unlink(execPidPath(execID))
             try await runtime.exec(id: options.id, processFile: execSpecPath(execID), pidFile: execPidPath(execID),
                                    stdio: stdio?.spawnFDs ?? [-1, -1, -1], consoleSocket: console?.path)
