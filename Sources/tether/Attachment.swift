@@ -126,14 +126,14 @@ final class Attachment: @unchecked Sendable {
             if n <= 0 { return false }
             var chunk = Array(buf[0..<n])
             if watchDetachKeys {
-                for (i, b) in chunk.enumerated() {
-                    if sawCtrlP && b == 0x11 {
-                        if i > 1 { try? fifo.writeAll(Array(chunk[0..<(i - 1)])) }
-                        return true
-                    }
-                    sawCtrlP = b == 0x10
+                // A ctrl-p held back from the last read goes first.
+                if sawCtrlP { chunk.insert(0x10, at: 0) }
+                for i in chunk.indices.dropFirst() where chunk[i - 1] == 0x10 && chunk[i] == 0x11 {
+                    if i > 1 { try? fifo.writeAll(Array(chunk[0..<(i - 1)])) }
+                    return true
                 }
                 // Hold back a trailing ctrl-p until we know what follows it.
+                sawCtrlP = chunk.last == 0x10
                 if sawCtrlP { chunk.removeLast() }
             }
             do { try fifo.writeAll(chunk) } catch { return false }

@@ -103,6 +103,12 @@ struct TerminalTests {
         try await t.keys("clear; \(tether) attach dt", "Enter")
         try await t.keys("echo back-$((40+2))", "Enter")
         try await t.expectScreen("back-42")
+        // A ctrl-p not followed by ctrl-q reaches the container, even read on its own.
+        try await t.keys("cat -v", "Enter")
+        try await t.keys("C-p")
+        try await t.keys("x", "Enter")
+        try await t.expectScreen("^Px")
+        try await t.keys("C-d")
         try await t.keys("exit 0", "Enter")
         #expect(try await d.tether("wait", "dt").status == 0)
         #expect(try await d.tether("delete", "dt").status == 0)
