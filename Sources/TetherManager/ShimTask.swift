@@ -148,15 +148,20 @@ public final class ShimTask: RuntimeTask, Sendable {
         var req = Containerd_Task_V2_StartRequest()
         req.id = id
         // Monitors (the OOM watch) hear of the task before its process runs a
-        // single instruction: its cgroup exists since create.
-        do { try runtime.monitor.monitor(self) } catch { logger.warning("monitor failed: \(error)") }
+        // single instruction: its cgroup exists since create. Only for a task
+        // not yet started: a start the shim refuses must not stop the watch
+        // the first start set.
+        let firstStart = record.phase == .created
+        if firstStart {
+            do { try runtime.monitor.monitor(self) } catch { logger.warning("monitor failed: \(error)") }
+        }
         let resp: Containerd_Task_V2_StartResponse
         do {
             resp = try await startingProcess("", topic: TaskEvent.Topic.start) {
                 try await rpc("Start", req, as: Containerd_Task_V2_StartResponse.self, timeout: .seconds(60))
             }
         } catch {
-            try? runtime.monitor.stop(self)
+            if firstStart { try? runtime.monitor.stop(self) }
             throw error
         }
         try update { r in

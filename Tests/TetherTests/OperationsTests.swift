@@ -157,8 +157,12 @@ struct OperationsTests {
         try await withDaemon { d in
             let events = try await EventLog(d, task: "o")
             // /dev/shm is a tmpfs charged to the task's memory cgroup: its init fills it past the limit.
-            let r = try await d.tether("run", "-d", "--memory", "16M", "o", "--", "dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=60")
+            let r = try await d.tether("run", "-d", "--memory", "16M", "o", "--", "sh", "-c",
+                                       "while [ ! -e /go ]; do sleep 0.05; done; exec dd if=/dev/zero of=/dev/shm/fill bs=1M count=60")
             #expect(r.status == 0, "\(r)")
+            // A second start is refused, and must not take the OOM watch away with it.
+            #expect(try await d.tether("start", "o").status != 0)
+            try Files.writeAtomically("\(d.bundle("o"))/rootfs/go", [])
             #expect(await events.wait(for: TaskEvent.Topic.oom), "no OOM event: \(events.topics)")
             #expect(await events.wait(for: TaskEvent.Topic.exit), "no exit: \(events.topics)")
             let oom = try #require(events.all.first { $0.topic == TaskEvent.Topic.oom })
