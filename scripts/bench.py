@@ -16,11 +16,13 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import http.client
 import json
 import os
 import select
 import shutil
 import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -72,24 +74,30 @@ def smaps(pid):
     return v.get("Rss", 0), v.get("Pss", 0), v.get("Private_Clean", 0) + v.get("Private_Dirty", 0)
 
 
-def children(pid):
-    out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open("/proc/%s/stat" % p) as f:
-                    s = f.read()
-                if int(s[s.rindex(")") + 2:].split()[1]) == pid:
-                    out.append(int(p))
-            except (OSError, ValueError):
-                pass
-    return out
-
-
 def ppid(pid):
     with open("/proc/%d/stat" % pid) as f:
         s = f.read()
     return int(s[s.rindex(")") + 2:].split()[1])
+
+
+def readable(f, timeout=30):
+    """Waits until `f` (a file or fd) has something to read; raises after `timeout` s."""
+    if not select.select([f], [], [], timeout)[0]:
+        raise TimeoutError("nothing to read within %d s" % timeout)
+
+
+def readline(f, timeout=30):
+    readable(f, timeout)
+    return f.readline()
+
+
+def delete_all(runtime, root):
+    """`runtime delete --force` of every container under `root`."""
+    if not runtime or not os.path.isdir(root):
+        return
+    out = run([runtime, "--root", root, "list", "-q"], check=False, stdout=subprocess.PIPE).stdout
+    for c in out.decode().split():
+        run([runtime, "--root", root, "delete", "--force", c], check=False)
 
 
 def wait_file(path, timeout=30):
@@ -310,11 +318,12 @@ class Conmon:
         os.close(start_r)
         os.write(start_w, b"0")
         os.close(start_w)
-        if p.wait() != 0:
+        if p.wait(timeout=60) != 0:
             os.close(sync_r)
             raise RuntimeError("conmon launcher failed for %s" % cid)
         buf = b""
         while b"\n" not in buf:
+            readable(sync_r, 60)
             chunk = os.read(sync_r, 4096)
             if not chunk:
                 break
@@ -339,8 +348,7 @@ class Conmon:
         self.runc("delete", "--force", cid, check=False)
 
     def stop(self):
-        for line in run([RUNC, "--root", self.root, "list", "-q"], check=False, stdout=subprocess.PIPE).stdout.decode().split():
-            self.remove(line)
+        delete_all(RUNC, self.root)
 
 
 class Tether:
@@ -424,11 +432,6 @@ def bench_latency(st, systems, n):
             st.add("start_to_exit_true", s.name, s.run_true(i), "ms")
 
 
-def process_memory(pid):
-    rss, pss, uss = smaps(pid)
-    return rss, pss, uss
-
-
 def bench_memory(st, tether, ctrd, conmon, counts):
     """Per-shim memory with 1..N sleeping tasks, and the managers'."""
     def shim_of_tether(cid):
@@ -480,31 +483,31 @@ def bench_memory(st, tether, ctrd, conmon, counts):
 
 
 def bench_scale(st, tether, ctrd, conmon, n, tether_n):
+    def each(fn, ids, parallel):
+        """ms to call fn on every id: one after another, or a thread each."""
+        t = now()
+        if parallel:
+            threads = [threading.Thread(target=fn, args=(i,)) for i in ids]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        else:
+            for i in ids:
+                fn(i)
+        return (now() - t) * 1000
+
+    def scale(system, start, remove, k, parallel):
+        how = "parallel" if parallel else "sequential"
+        ids = ["%s%d" % (how[0], i) for i in range(k)]
+        st.add("start_%d_%s" % (k, how), system, each(start, ids, parallel), "ms")
+        st.add("delete_%d_%s" % (k, how), system, each(remove, ids, parallel), "ms")
+
     def seq(system, start, remove, k):
-        t = now()
-        for i in range(k):
-            start("s%d" % i)
-        st.add("start_%d_sequential" % k, system, (now() - t) * 1000, "ms")
-        t = now()
-        for i in range(k):
-            remove("s%d" % i)
-        st.add("delete_%d_sequential" % k, system, (now() - t) * 1000, "ms")
+        scale(system, start, remove, k, parallel=False)
 
     def par(system, start, remove, k):
-        threads = [threading.Thread(target=start, args=("p%d" % i,)) for i in range(k)]
-        t = now()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        st.add("start_%d_parallel" % k, system, (now() - t) * 1000, "ms")
-        threads = [threading.Thread(target=remove, args=("p%d" % i,)) for i in range(k)]
-        t = now()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        st.add("delete_%d_parallel" % k, system, (now() - t) * 1000, "ms")
+        scale(system, start, remove, k, parallel=True)
 
     def conmon_start(cid):
         conmon.launch(cid, ["/bin/sleep", "100000"])
@@ -525,11 +528,9 @@ def bench_scale(st, tether, ctrd, conmon, n, tether_n):
 
 def api_call(sock, method, path, body=None, timeout=60):
     """One request to tetherd's HTTP API on its unix socket; ms taken."""
-    import http.client
-
     class Conn(http.client.HTTPConnection):
         def connect(self):
-            self.sock = __import__("socket").socket(__import__("socket").AF_UNIX)
+            self.sock = socket.socket(socket.AF_UNIX)
             self.sock.settimeout(timeout)
             self.sock.connect(sock)
 
@@ -597,7 +598,7 @@ def bench_exit(st, tether, ctrd, conmon, n):
         time.sleep(0.2)  # both are connected and waiting
         t = now()
         os.kill(pid, signal.SIGKILL)
-        events.stdout.readline()
+        readline(events.stdout)
         t_event = now()
         t_wait = waited()
         events.kill()
@@ -613,7 +614,7 @@ def bench_exit(st, tether, ctrd, conmon, n):
         t = now()
         os.kill(pid, signal.SIGKILL)
         while True:
-            line = ev.stdout.readline()
+            line = readline(ev.stdout)
             if not line or (b"/tasks/exit" in line and (b"x%d" % i) in line):
                 break
         st.add("exit_to_event", "containerd", (now() - t) * 1000, "ms")
@@ -746,7 +747,6 @@ def report(st, out_dir, systems_order):
                 row.append("%.1f (%.1f–%.1f, n=%d)" % m if m[3] > 1 else "%.1f" % m[0])
             else:
                 row.append("–")
-        tether_keys = [k for k in meds if k.startswith("tether")]
         others = {k: v for k, v in meds.items() if not k.startswith("tether")}
         if "tether" in meds and others:
             best = min(others.values())
@@ -799,11 +799,7 @@ def clear_leftovers(work):
     its mounts (deepest first, so rmtree never walks into a rootfs), then
     the directory itself."""
     for runtime, root in ((RUNC, "runc-root"), (CRUN, "crun-root")):
-        root = os.path.join(work, root)
-        if runtime and os.path.isdir(root):
-            out = run([runtime, "--root", root, "list", "-q"], check=False, stdout=subprocess.PIPE).stdout
-            for c in out.decode().split():
-                run([runtime, "--root", root, "delete", "--force", c], check=False)
+        delete_all(runtime, os.path.join(work, root))
     prefix = os.path.realpath(work) + "/"
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
@@ -879,10 +875,8 @@ def main():
             with contextlib.suppress(Exception):
                 s.stop()
         conmon.stop()
-        for root in (runc.root, crun.root):
-            if os.path.isdir(root):
-                for c in run([RUNC, "--root", root, "list", "-q"], check=False, stdout=subprocess.PIPE).stdout.decode().split():
-                    run([RUNC, "--root", root, "delete", "--force", c], check=False)
+        delete_all(RUNC, runc.root)
+        delete_all(CRUN, crun.root)
         parents = [env.cg] + [tether_cgroup_parent(os.path.join(t.dir, "state")) for t in (tether, tcrun) if t]
         for ctl in os.listdir("/sys/fs/cgroup"):
             for parent in parents:

@@ -21,13 +21,20 @@ need_packages() {
         die "apt-get install ${missing[*]} failed"
 }
 
+# swift_build ARGS...: swift build, without the noise of a dependency's
+# CMake warnings; fails when the build fails.
+swift_build() {
+    set -o pipefail
+    if ! swift build "$@" 2>&1 | { grep -vE '^(warning: .swift-distributed-tracing|    /.*CMakeLists.txt)' >&2 || true; }; then
+        die "swift build $* failed"
+    fi
+}
+
 # build_release: the three binaries, optimized, with the Swift runtime
 # linked in and no PIE: they start faster, and every shim shares the runtime's
 # pages instead of dirtying its own copy with relocations (docs/benchmarks.md).
 build_release() {
     for product in tether-shim tetherd tether; do
-        swift build -c release --static-swift-stdlib -Xlinker -no-pie --product "$product" 2>&1 |
-            grep -vE '^(warning: .swift-distributed-tracing|    /.*CMakeLists.txt)' >&2 ||
-            die "swift build --product $product failed"
+        swift_build -c release --static-swift-stdlib -Xlinker -no-pie --product "$product"
     done
 }

@@ -91,7 +91,7 @@ struct DebugCall: ParsableCommand {
         abstract: "Call one method of a shim's task API and print the answer as JSON.",
         discussion: """
             METHOD is create, start, state, kill, wait, delete, connect or shutdown. For a shim
-            started by hand: tether debug call --socket B/shim.sock --id demo create --bundle B
+            started by hand: tether debug call --socket B/shim.sock --id demo --method create --bundle B
             """)
     @OptionGroup var global: GlobalOptions
     @OptionGroup var address: ShimAddress
