@@ -97,10 +97,6 @@ int tether_set_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? 0 : -errno;
 }
 
-int tether_set_pdeathsig(int sig) {
-    return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0 ? 0 : -errno;
-}
-
 int tether_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, name, 0, 0, 0) == 0 ? 0 : -errno;
 }
@@ -213,12 +209,6 @@ int tether_open_path(const char *path) {
     return fd < 0 ? -errno : fd;
 }
 
-int tether_set_cloexec(int fd, int on) {
-    int fl = fcntl(fd, F_GETFD);
-    if (fl < 0) return -errno;
-    fl = on ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC);
-    return fcntl(fd, F_SETFD, fl) == 0 ? 0 : -errno;
-}
 
 int tether_eventfd(int nonblock) {
     int fd = eventfd(0, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0));

@@ -10,11 +10,9 @@ import TetherSys
 final class ExitPipe: Sendable {
     typealias Record = Tether_Shim_V1_ExitRecord
 
-    let path: String
     private let fd: FD
 
     init(path: String, onRecord: @escaping @Sendable (Record) -> Void, onError: @escaping @Sendable (String) -> Void) throws {
-        self.path = path
         try Files.makeFifo(path)
         fd = try FD.open(path, O_RDWR)
         OSThread.start("exit-pipe") { [fd] in Self.loop(fd, onRecord, onError) }

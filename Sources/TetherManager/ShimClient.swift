@@ -34,7 +34,6 @@ public final class ShimClient: Sendable {
     }
 
     /// Completes when the connection is gone (the shim exited or closed it).
-    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
 
     public func close() { channel.close(promise: nil) }
 

@@ -103,7 +103,7 @@ public final class ShimRuntime: Runtime, Sendable {
             let dir = String(o[o.index(after: o.firstIndex(of: "=")!)...])
             return dir.hasPrefix(scratch + "/") ? dir : nil
         }
-        var record = TaskRecord(namespace: namespace, id: id, instance: Self.newInstance(), runtime: runtimeBinary,
+        let record = TaskRecord(namespace: namespace, id: id, instance: Self.newInstance(), runtime: runtimeBinary,
                                 bundle: bundle, io: opts.io, rootfs: opts.rootfs,
                                 scratch: layerDirs.isEmpty ? nil : scratch, phase: .creating, createdAt: Date())
         let task = ShimTask(runtime: self, record: record, spec: opts.spec)
@@ -129,7 +129,6 @@ public final class ShimRuntime: Runtime, Sendable {
 
             await TestHook.reach("create.before-shim")
             let shimPid = try await launcher.launch(record)
-            record.shimPid = shimPid
             let startTime = Proc.startTime(shimPid) ?? 0
             try task.update { r in
                 r.shimPid = shimPid

@@ -36,8 +36,6 @@ public enum SpecBuilder {
             self.pidsLimit = pidsLimit
         }
 
-        public var isEmpty: Bool { memoryLimit == nil && cpus == nil && pidsLimit == nil }
-
         /// As OCI LinuxResources.
         public var json: [String: Any] {
             var r: [String: Any] = [:]
@@ -46,8 +44,6 @@ public enum SpecBuilder {
             if let p = pidsLimit { r["pids"] = ["limit": p] }
             return r
         }
-
-        public var data: Data { (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8) }
     }
 
     public static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

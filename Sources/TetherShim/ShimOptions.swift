@@ -31,7 +31,6 @@ public struct ShimOptions: Sendable {
     public var initPidFile: String { "\(bundle)/init.pid" }
     public var shimPidFile: String { "\(bundle)/shim.pid" }
     public var runtimeLog: String { "\(bundle)/log.json" }
-    public var rootfs: String { "\(bundle)/rootfs" }
 
     public init() {}
 

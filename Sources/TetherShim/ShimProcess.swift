@@ -78,7 +78,6 @@ final class ShimProcess: Sendable {
         }
     }
 
-    func attach(_ stdio: ProcessStdio) { state.withLock { $0.stdio = stdio } }
 
     /// Records the exit and wakes the waiters. The caller has written the exit record first.
     func exited(_ info: ExitInfo) {

@@ -18,8 +18,6 @@ public final class FD: Sendable, CustomStringConvertible {
     /// The raw descriptor, or -1 once closed or taken. Valid only while this object owns it.
     public var raw: Int32 { fd.withLock { $0 } }
 
-    public var isOpen: Bool { raw >= 0 }
-
     /// Gives up ownership: the caller must close the returned descriptor.
     public func take() -> Int32 {
         fd.withLock { v in let r = v; v = -1; return r }
@@ -76,22 +74,13 @@ public final class FD: Sendable, CustomStringConvertible {
     }
 
     /// Writes all of `bytes`, retrying short writes and EINTR. Blocking fds only.
-    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(SysError) {
-        var off = 0
-        while off < bytes.count {
-            let n = Glibc.write(raw, bytes.baseAddress! + off, bytes.count - off)
-            if n < 0 {
-                if Glibc.errno == EINTR { continue }
-                throw SysError.last("write")
-            }
-            off += n
-        }
-    }
+    public func writeAll(_ bytes: [UInt8]) throws(SysError) { try Self.writeAll(to: raw, bytes) }
 
-    public func writeAll(_ bytes: [UInt8]) throws(SysError) {
+    /// The same to an fd this process does not own as an FD (its stdout, say).
+    public static func writeAll(to fd: Int32, _ bytes: [UInt8]) throws(SysError) {
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeBytes { b in Glibc.write(raw, b.baseAddress! + off, b.count - off) }
+            let n = bytes.withUnsafeBytes { b in Glibc.write(fd, b.baseAddress! + off, b.count - off) }
             if n < 0 {
                 if Glibc.errno == EINTR { continue }
                 throw SysError.last("write")

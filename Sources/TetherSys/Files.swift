@@ -145,17 +145,6 @@ public enum Files {
         return String(path[path.index(after: i)...])
     }
 
-    /// Is `path` a mount point (its device differs from its parent's, or it
-    /// appears as a mount target in /proc/self/mountinfo)?
-    public static func isMountPoint(_ path: String) -> Bool {
-        guard let info = try? readString("/proc/self/mountinfo") else { return false }
-        for line in info.split(separator: "\n") {
-            let fields = line.split(separator: " ", maxSplits: 5)
-            if fields.count > 4, unescapeMountPath(String(fields[4])) == path { return true }
-        }
-        return false
-    }
-
     /// Mount targets at or below `prefix`, deepest first (the order to unmount them in).
     public static func mounts(under prefix: String) -> [String] {
         guard let info = try? readString("/proc/self/mountinfo") else { return [] }

@@ -146,7 +146,7 @@ struct Events: ParsableCommand {
             let encoder = APIJSON.encoder
             try global.client.events(namespace: ns, task: task, topics: topic) { e in
                 // One write per event, unbuffered: a reader of a pipe sees each at once.
-                if let data = try? encoder.encode(e) { writeAll(1, Array(data) + [0x0A]) }
+                if let data = try? encoder.encode(e) { try? FD.writeAll(to: 1, Array(data) + [0x0A]) }
             }
         }
     }

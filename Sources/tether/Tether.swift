@@ -9,6 +9,7 @@ import Glibc
 import TetherAPI
 import TetherClient
 import TetherRuntime
+import TetherSys
 
 @main
 struct Tether: ParsableCommand {
@@ -66,17 +67,7 @@ func guarded(_ body: () throws -> Void) throws {
 }
 
 func printError(_ line: String) {
-    writeAll(2, Array((line + "\n").utf8))
-}
-
-/// Writes all of `bytes` to an fd this process does not own as an FD (stdout, stderr).
-func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-        if n < 0 { if errno == EINTR { continue } else { return } }
-        off += n
-    }
+    try? FD.writeAll(to: 2, Array((line + "\n").utf8))
 }
 
 extension String {

@@ -34,13 +34,34 @@ struct AsyncAPI: Sendable {
     func deleteExec(_ id: String, _ e: String) async throws -> Exit { try await call { try $0.deleteExec(id, e) } }
 }
 
-/// Blocking reads, off the pool.
-func readAll(_ fd: FD) async throws -> String {
-    try await offPool { String(decoding: try fd.readToEnd(), as: UTF8.self) }
+/// Reads `fd` to end of file, off the pool; fails after `seconds` without it.
+func readAll(_ fd: FD, within seconds: UInt64 = 60) async throws -> String {
+    try await offPool {
+        let deadline = monotonicNanos() + seconds * 1_000_000_000
+        var out: [UInt8] = []
+        while true {
+            try waitReadable(fd, until: deadline)
+            let chunk = try fd.read(upTo: 65536)
+            if chunk.isEmpty { return String(decoding: out, as: UTF8.self) }
+            out += chunk
+        }
+    }
 }
 
 func readLinesAsync(_ fd: FD, count: Int) async throws -> [String] {
     try await offPool { try readLines(fd, count: count) }
+}
+
+/// Waits for `fd` to be readable (or at end of file) until `deadline` (monotonic ns).
+func waitReadable(_ fd: FD, until deadline: UInt64) throws {
+    while true {
+        let now = monotonicNanos()
+        guard now < deadline else { throw SysError("poll", errno: ETIMEDOUT, "\(fd): nothing to read before the deadline") }
+        var p = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
+        let r = poll(&p, 1, Int32(min((deadline - now) / 1_000_000 + 1, 60_000)))
+        if r > 0 { return }
+        if r < 0 && errno != EINTR { throw SysError.last("poll") }
+    }
 }
 
 import TetherSys

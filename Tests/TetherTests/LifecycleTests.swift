@@ -89,7 +89,7 @@ struct LifecycleTests {
             _ = try await api.start("f")
             #expect(try await api.wait("f").status == 4)
             try out.setNonBlocking(false)
-            #expect(String(decoding: try out.readToEnd(), as: UTF8.self) == "out\n")
+            #expect(try await readAll(out) == "out\n")
             #expect(try await api.delete("f").status == 4)
             #expect(Files.mounts(under: d.state).isEmpty)
         }

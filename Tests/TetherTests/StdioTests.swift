@@ -36,7 +36,7 @@ struct StdioTests {
             _ = try await api.closeIO("t", execID: "e")
             #expect(try await api.waitExec("t", "e").status == 0)
             try out.setNonBlocking(false)
-            #expect(String(decoding: try out.readToEnd(), as: UTF8.self) == "to the exec\n")
+            #expect(try await readAll(out) == "to the exec\n")
             #expect(try await api.get("t").status == .running, "the task's own cat still has its stdin")
             _ = try await api.closeIO("t")
             #expect(try await api.wait("t").status == 0)
@@ -141,10 +141,13 @@ struct StdioTests {
 }
 
 /// Reads `count` lines (fewer at end of file).
+/// Up to `count` lines from `fd` (fewer at end of file); fails after 60 s without them.
 func readLines(_ fd: FD, count: Int) throws -> [String] {
+    let deadline = monotonicNanos() + 60_000_000_000
     var lines: [String] = []
     var pending: [UInt8] = []
     while lines.count < count {
+        try waitReadable(fd, until: deadline)
         let chunk = try fd.read(upTo: 1)
         if chunk.isEmpty { break }
         if chunk[0] == 0x0A {

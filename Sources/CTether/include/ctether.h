@@ -25,8 +25,6 @@ int tether_limit_malloc_arenas(int n);
 
 // prctl(PR_SET_CHILD_SUBREAPER, 1).
 int tether_set_child_subreaper(void);
-// prctl(PR_SET_PDEATHSIG, sig).
-int tether_set_pdeathsig(int sig);
 // prctl(PR_SET_NAME, name): the thread's name in /proc (15 chars).
 int tether_set_thread_name(const char *name);
 
@@ -65,7 +63,6 @@ int tether_ignore_signal(int sig);
 int tether_set_nonblock(int fd, int on);
 // open(path, O_PATH|O_DIRECTORY|O_CLOEXEC): a handle for *at() and /proc/self/fd.
 int tether_open_path(const char *path);
-int tether_set_cloexec(int fd, int on);
 // An eventfd, close-on-exec; nonblocking when asked.
 int tether_eventfd(int nonblock);
 int tether_pipe(int fds[2], int cloexec_nonblock);
