@@ -67,8 +67,9 @@ struct StdioTests {
             _ = try await api.create(CreateTaskRequest(id: "w", args: ["sh", "-c", "yes | head -c 104857600; echo done > /done"], fifos: FifoRequest()))
             _ = try await api.start("w")
             let shim = try #require(d.shimPid("w"))
-            // Once the pipes are full the writer blocks: it never gets far.
-            #expect(await eventually(2) { (try? Files.readString("/proc/\(shim)/status"))?.contains("State:\tS") ?? false })
+            // Once the pipes are full the writer blocks: the FIFO fills and stays full.
+            let fifo = try FD.open(try await api.get("w").io.stdout, O_RDONLY | O_NONBLOCK)
+            #expect(await eventually(5) { fifoBytes(fifo) >= 1 << 19 }, "the FIFO holds \(fifoBytes(fifo)) bytes")
             for _ in 0..<5 {
                 let start = monotonicNanos()
                 let view = try await api.get("w")
@@ -83,7 +84,6 @@ struct StdioTests {
             let containerStdout = try FD.open("/proc/\(task.pid)/fd/1", O_RDONLY | O_NONBLOCK)
             #expect(try containerStdout.pipeSize() == 1 << 20)
             containerStdout.close()
-            let fifo = try FD.open(task.io.stdout, O_RDONLY | O_NONBLOCK)
             #expect(try fifo.pipeSize() == 1 << 20)
             fifo.close()
             #expect(!Files.exists("\(d.bundle("w"))/rootfs/done"))
@@ -158,6 +158,12 @@ func readLines(_ fd: FD, count: Int) throws -> [String] {
         }
     }
     return lines
+}
+
+/// Bytes waiting in a pipe or FIFO (FIONREAD).
+func fifoBytes(_ fd: FD) -> Int32 {
+    var n: Int32 = 0
+    return ioctl(fd.raw, UInt(FIONREAD), &n) == 0 ? n : -1
 }
 
 func rssKiB(_ pid: Int32) -> Int? {
