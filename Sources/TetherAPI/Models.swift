@@ -253,26 +253,20 @@ public struct ErrorBody: Codable, Sendable {
 
 /// The API's JSON coders: RFC 3339 times with nanoseconds.
 public enum APIJSON {
-    public static let encoder: JSONEncoder = {
+    public static let encoder = makeEncoder([.sortedKeys, .withoutEscapingSlashes])
+    /// The same, indented: for people (`tether state`).
+    public static let prettyEncoder = makeEncoder([.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+
+    private static func makeEncoder(_ formatting: JSONEncoder.OutputFormatting) -> JSONEncoder {
         let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        e.dateEncodingStrategy = .custom { date, encoder in
-            var c = encoder.singleValueContainer()
-            try c.encode(RFC3339.format(date))
-        }
+        e.outputFormatting = formatting
+        e.dateEncodingStrategy = .rfc3339
         return e
-    }()
+    }
 
     public static let decoder: JSONDecoder = {
         let d = JSONDecoder()
-        d.dateDecodingStrategy = .custom { decoder in
-            let c = try decoder.singleValueContainer()
-            let s = try c.decode(String.self)
-            guard let date = RFC3339.parse(s) else {
-                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time: \(s)")
-            }
-            return date
-        }
+        d.dateDecodingStrategy = .rfc3339
         return d
     }()
 }

@@ -87,13 +87,13 @@ public struct TaskRecord: Codable, Sendable, Equatable {
     static let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        e.dateEncodingStrategy = .iso8601WithFractionalSeconds
+        e.dateEncodingStrategy = .rfc3339
         return e
     }()
 
     static let decoder: JSONDecoder = {
         let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601WithFractionalSeconds
+        d.dateDecodingStrategy = .rfc3339
         return d
     }()
 
@@ -124,24 +124,5 @@ public struct ExecRecord: Codable, Sendable, Equatable {
         pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
         started = try c.decodeIfPresent(Bool.self, forKey: .started) ?? false
         exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
-    }
-}
-
-extension JSONEncoder.DateEncodingStrategy {
-    /// RFC 3339 with nanoseconds, as containerd and Go print timestamps.
-    public static let iso8601WithFractionalSeconds = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
-        var c = encoder.singleValueContainer()
-        try c.encode(RFC3339.format(date))
-    }
-}
-
-extension JSONDecoder.DateDecodingStrategy {
-    public static let iso8601WithFractionalSeconds = JSONDecoder.DateDecodingStrategy.custom { decoder in
-        let c = try decoder.singleValueContainer()
-        let s = try c.decode(String.self)
-        guard let d = RFC3339.parse(s) else {
-            throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time: \(s)")
-        }
-        return d
     }
 }

@@ -79,3 +79,23 @@ public enum RFC3339 {
         return Date(timeIntervalSince1970: Double(secs) + frac)
     }
 }
+
+extension JSONEncoder.DateEncodingStrategy {
+    /// RFC 3339 with nanoseconds, as containerd and Go print timestamps.
+    public static let rfc3339 = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
+        var c = encoder.singleValueContainer()
+        try c.encode(RFC3339.format(date))
+    }
+}
+
+extension JSONDecoder.DateDecodingStrategy {
+    /// RFC 3339 with any fraction of a second, or none.
+    public static let rfc3339 = JSONDecoder.DateDecodingStrategy.custom { decoder in
+        let c = try decoder.singleValueContainer()
+        let s = try c.decode(String.self)
+        guard let d = RFC3339.parse(s) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time: \(s)")
+        }
+        return d
+    }
+}

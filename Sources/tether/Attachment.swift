@@ -72,8 +72,9 @@ final class Attachment: @unchecked Sendable {
                     if !waitFor(dst, POLLOUT) || !waitFor(src.raw, POLLIN) { return }
                     continue
                 }
+                // EPIPE: the sink is gone (keep draining); anything else: let read and write decide.
                 useSplice = false
-                if n != -Int(EINVAL) { sinkOpen = false }  // EPIPE and the like: the sink is gone
+                if n == -Int(EPIPE) { sinkOpen = false }
                 continue
             }
             let n = buf.withUnsafeMutableBytes { read(src.raw, $0.baseAddress!, $0.count) }

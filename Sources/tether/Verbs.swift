@@ -55,9 +55,7 @@ struct StateCommand: ParsableCommand {
     func run() throws {
         try guarded {
             let t = try global.client.get(id)
-            let e = APIJSON.encoder
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try e.encode(t), as: UTF8.self))
+            print(String(decoding: try APIJSON.prettyEncoder.encode(t), as: UTF8.self))
         }
     }
 }
