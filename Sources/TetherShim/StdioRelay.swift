@@ -8,7 +8,8 @@ import TetherSys
 /// Moves bytes between a container's stdio pipes and the task's FIFOs (or
 /// files), on one epoll thread for the whole shim. With splice(2) the bytes
 /// never enter the shim's memory; where splice cannot work (a tty, say) it
-/// falls back to read/write through one 64 KiB buffer per stream.
+/// falls back to read/write through one 64 KiB buffer for the whole relay;
+/// a stream keeps only what its destination has not taken yet.
 ///
 /// Backpressure, not buffering: when a destination is full the relay stops
 /// reading its source, so a container writing to an unread stdout blocks once
@@ -36,7 +37,10 @@ final class StdioRelay: Sendable {
         var dstPollable = true
         var waitingForDst = false
         var closeWhenDrained = false
-        var buffer: [UInt8] = []
+        /// Read but not yet written (the destination was full): `pending[sent...]`.
+        var pending: [UInt8] = []
+        var sent = 0
+        var hasPending: Bool { sent < pending.count }
 
         init(src: FD, dst: FD, tap: LogTap?, onDone: (@Sendable () -> Void)?) {
             self.src = src
@@ -48,6 +52,8 @@ final class StdioRelay: Sendable {
     }
 
     private let epfd: FD
+    /// The read/write fallback's buffer; only the relay thread touches it.
+    private nonisolated(unsafe) let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
     private let wake: FD
     private let commands = Mutex<[Command]>([])
     /// Streams waiting for room at their destination (nobody reads it).
@@ -157,7 +163,7 @@ final class StdioRelay: Sendable {
             // A pty master reads EIO once every slave fd is closed: its end of file.
             if n == 0 || n == -Int(EIO) { outcome = .eof; break }
             if n == -Int(EAGAIN) {
-                outcome = (s.dstPollable && !writable(s.dst.raw)) || !s.buffer.isEmpty ? .dstFull : .srcEmpty
+                outcome = (s.dstPollable && !writable(s.dst.raw)) || s.hasPending ? .dstFull : .srcEmpty
                 break
             }
             if n == -Int(EINVAL) && s.useSplice { s.useSplice = false; continue }
@@ -198,20 +204,29 @@ final class StdioRelay: Sendable {
         tether_splice(s.src.raw, s.dst.raw, 1 << 20)
     }
 
-    /// The read/write fallback. Bytes written, 0 at end of file, or -errno.
+    /// The read/write fallback: bytes moved, 0 at end of file, or -errno.
+    /// What the destination does not take at once waits in the stream.
     private func copy(_ s: Stream) -> Int {
-        if !s.buffer.isEmpty {
-            let w = s.buffer.withUnsafeBytes { Glibc.write(s.dst.raw, $0.baseAddress!, $0.count) }
+        if s.hasPending {
+            let w = s.pending.withUnsafeBytes { Glibc.write(s.dst.raw, $0.baseAddress! + s.sent, $0.count - s.sent) }
             if w < 0 { return errno == EINTR ? 1 : -Int(errno) }
-            s.buffer.removeFirst(w)
+            s.sent += w
+            if !s.hasPending { s.pending = []; s.sent = 0 }
             return max(w, 1)
         }
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let r = chunk.withUnsafeMutableBytes { Glibc.read(s.src.raw, $0.baseAddress!, $0.count) }
+        let r = Glibc.read(s.src.raw, scratch.baseAddress!, scratch.count)
         if r < 0 { return errno == EINTR ? 1 : -Int(errno) }
         if r == 0 { return 0 }
-        s.buffer = Array(chunk[0..<r])
-        s.tap?.write(s.buffer)
+        let chunk = UnsafeRawBufferPointer(rebasing: scratch[0..<r])
+        s.tap?.write(Array(chunk))
+        var w = 0
+        while w < r {
+            let n = Glibc.write(s.dst.raw, chunk.baseAddress! + w, r - w)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }  // full (EAGAIN) or failing: the rest waits, and the next write says which
+            w += n
+        }
+        if w < r { s.pending = Array(chunk[w...]) }
         return r
     }
 

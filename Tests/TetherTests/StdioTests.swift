@@ -136,11 +136,36 @@ struct StdioTests {
             let rotated = try Files.readString(small + ".1")
             #expect(current <= 1024 && rotated.utf8.count <= 1024 && rotated.contains(" stdout F line-"))
             #expect(try Files.readString(small).hasSuffix("stdout F line-99\n"))
+
+            // A reader that comes late, through the log's read/write path: the FIFO fills, the
+            // relay holds what it could not write, and nothing is lost on either side.
+            let big = "\(d.dir)/big.log"
+            let api = AsyncAPI(d)
+            let view = try await api.create(CreateTaskRequest(id: "b", args: ["sh", "-c", "yes 0123456789012345678901234567890123456789 | head -n 100000"],
+                                                              fifos: FifoRequest(), log: LogRequest(path: big)))
+            let out = try FD.open(view.io.stdout, O_RDONLY | O_NONBLOCK)
+            _ = try await api.start("b")
+            // The FIFO and then the container's own pipe fill (1 MiB each, to their last
+            // 64 KiB): the relay has met a full FIFO and holds what it could not write.
+            let containerOut = try FD.open("/proc/\(try await api.get("b").pid)/fd/1", O_RDONLY | O_NONBLOCK)
+            let nearlyFull: Int32 = (1 << 20) - (64 << 10)
+            #expect(await eventually(10) { fifoBytes(out) >= nearlyFull && fifoBytes(containerOut) >= nearlyFull },
+                    "the FIFO holds \(fifoBytes(out)) bytes, the container's pipe \(fifoBytes(containerOut))")
+            containerOut.close()
+            let text = try await readAll(out)
+            #expect(text.utf8.count == 100000 * 41)
+            #expect(try await api.wait("b").status == 0)
+            _ = try await api.delete("b")
+            var rebuilt = ""  // P records continue a line, F records end one
+            for line in try Files.readString(big).split(separator: "\n") {
+                let f = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+                if f.count == 4 && f[1] == "stdout" { rebuilt += f[3] + (f[2] == "F" ? "\n" : "") }
+            }
+            #expect(rebuilt == text, "the log holds \(rebuilt.utf8.count) bytes of stdout")
         }
     }
 }
 
-/// Reads `count` lines (fewer at end of file).
 /// Up to `count` lines from `fd` (fewer at end of file); fails after 60 s without them.
 func readLines(_ fd: FD, count: Int) throws -> [String] {
     let deadline = monotonicNanos() + 60_000_000_000
