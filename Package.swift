@@ -46,6 +46,10 @@ let package = Package(
         // The public Swift API: containerd's runtime package (v1.0).
         .target(name: "TetherRuntime"),
 
+        // The OCI runtime spec: typed parts, a lossless JSON value, resource
+        // limits and the one check every spec passes.
+        .target(name: "TetherOCI", dependencies: ["TetherRuntime"]),
+
         // The shim: everything that runs inside tether-shim. No Foundation.
         .target(
             name: "TetherShim",
@@ -57,7 +61,7 @@ let package = Package(
         .target(
             name: "TetherManager",
             dependencies: [
-                "TetherSys", "TetherProto", "TTRPC", "TetherRuntime",
+                "TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -65,13 +69,13 @@ let package = Package(
         ),
 
         // JSON shapes of the manager's HTTP API, shared by the server and the CLI.
-        .target(name: "TetherAPI", dependencies: ["TetherRuntime"]),
+        .target(name: "TetherAPI", dependencies: ["TetherRuntime", "TetherOCI"]),
 
         // The HTTP API server (Hummingbird on a unix socket).
         .target(
             name: "TetherServer",
             dependencies: [
-                "TetherManager", "TetherAPI",
+                "TetherManager", "TetherAPI", "TetherOCI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -91,14 +95,14 @@ let package = Package(
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherClient", "TetherAPI", "TetherSys", "CTether", "TTRPC", "TetherProto",
+                "TetherClient", "TetherAPI", "TetherOCI", "TetherSys", "CTether", "TTRPC", "TetherProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 
         .testTarget(
             name: "TetherTests",
-            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient",
+            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherOCI", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient",
                            .product(name: "Logging", package: "swift-log")]
         ),
     ],

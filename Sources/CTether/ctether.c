@@ -17,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -305,12 +306,21 @@ int tether_unix_listen(const char *path, int backlog) {
     return fd;
 }
 
-int tether_unix_connect(const char *path) {
+int tether_unix_connect(const char *path, int timeout_ms) {
     struct sockaddr_un sa;
     int rc = fill_sockaddr(&sa, path);
     if (rc < 0) return rc;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
+    if (timeout_ms > 0) {
+        struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+            rc = -errno;
+            close(fd);
+            return rc;
+        }
+    }
     for (;;) {
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
         if (errno == EINTR) continue;
@@ -395,6 +405,17 @@ int tether_umount(const char *target, int flags) {
     return umount2(target, flags) == 0 ? 0 : -errno;
 }
 
+int tether_is_mount_root(const char *path) {
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+    struct statx stx;
+    memset(&stx, 0, sizeof stx);
+    if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &stx) != 0) return -errno;
+    if (!(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) return -ENOSYS;
+    return (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
+}
+
 void tether_realtime(int64_t *sec, int32_t *nsec) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -410,4 +431,11 @@ uint64_t tether_monotonic_ns(void) {
 
 int tether_thread_setresuid(uid_t r, uid_t e, uid_t s) {
     return syscall(SYS_setresuid, r, e, s) < 0 ? -errno : 0;
+}
+
+int tether_thread_become(uid_t uid, gid_t gid) {
+    if (syscall(SYS_setgroups, 0, NULL) < 0) return -errno;
+    if (syscall(SYS_setresgid, gid, gid, gid) < 0) return -errno;
+    if (syscall(SYS_setresuid, uid, uid, uid) < 0) return -errno;
+    return 0;
 }

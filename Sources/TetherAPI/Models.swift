@@ -4,6 +4,7 @@ import Dispatch
 #else
 import Foundation
 #endif
+import TetherOCI
 import TetherRuntime
 
 // The JSON of tetherd's HTTP API (docs/api.md). Shared by the server and the CLI.
@@ -19,7 +20,8 @@ public struct CreateTaskRequest: Codable, Sendable {
     public var rootfs: String?
     /// An OCI bundle directory (config.json, and its root.path).
     public var bundle: String?
-    /// A whole OCI spec; its root.path must be absolute.
+    /// A whole OCI spec; its root.path must be absolute. Numbers pass
+    /// through digit for digit (JSONValue keeps integers as integers).
     public var spec: JSONValue?
     /// Paths the shim opens for stdio (FIFOs or files), or
     public var io: IO?
@@ -47,18 +49,9 @@ public struct CreateTaskRequest: Codable, Sendable {
     }
 }
 
-/// Limits for a task's cgroup: memory in bytes, CPUs as a fraction, pids.
-public struct ResourcesRequest: Codable, Sendable, Equatable {
-    public var memory: Int64?
-    public var cpus: Double?
-    public var pidsLimit: Int64?
-
-    public init(memory: Int64? = nil, cpus: Double? = nil, pidsLimit: Int64? = nil) {
-        self.memory = memory
-        self.cpus = cpus
-        self.pidsLimit = pidsLimit
-    }
-}
+/// Limits for a task's cgroup: memory in bytes, CPUs as a fraction, pids
+/// (TetherOCI.ResourceLimits, which range-checks them).
+public typealias ResourcesRequest = ResourceLimits
 
 /// POST .../checkpoint
 public struct CheckpointRequest: Codable, Sendable {
@@ -269,37 +262,4 @@ public enum APIJSON {
         d.dateDecodingStrategy = .rfc3339
         return d
     }()
-}
-
-/// Any JSON value, for the OCI spec passed through the API untouched.
-public indirect enum JSONValue: Codable, Sendable, Equatable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    public init(from d: Decoder) throws {
-        let c = try d.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let n = try? c.decode(Double.self) { self = .number(n) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
-
-    public func encode(to e: Encoder) throws {
-        var c = e.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let b): try c.encode(b)
-        case .number(let n):
-            if n == n.rounded(), abs(n) < 1e15 { try c.encode(Int64(n)) } else { try c.encode(n) }
-        case .string(let s): try c.encode(s)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        }
-    }
 }

@@ -13,10 +13,31 @@ public struct APIClient: Sendable {
     public let http: HTTPUnixClient
     public let namespace: String
 
-    /// `timeout`: seconds one call may wait for its answer; nil waits as long as it takes (wait, attach).
+    /// `timeout`: seconds every call may wait for its answer. Without it,
+    /// each call has its own bound: 10 s for a question (version, list,
+    /// state, pids, stats), 150 s for a change (create, start, delete, …;
+    /// tetherd's own bounds on its shims are shorter), none for wait.
     public init(address: String, namespace: String, timeout: Int? = nil) {
         http = HTTPUnixClient(socketPath: address, timeout: timeout)
         self.namespace = namespace
+    }
+
+    /// The client's timeout if it has one, else the call's own bound.
+    private func limit(_ bound: Bound) -> Int? {
+        if let t = http.timeout { return t }
+        return bound.seconds
+    }
+
+    /// How long a call may wait when no timeout was given.
+    enum Bound {
+        case question, change, unbounded
+        var seconds: Int? {
+            switch self {
+            case .question: 10
+            case .change: 150
+            case .unbounded: nil
+            }
+        }
     }
 
     // Namespace and ID are checked here too, so that they can never change the request's path.
@@ -30,12 +51,12 @@ public struct APIClient: Sendable {
         return "\(try tasksPath())/\(id)"
     }
 
-    public func version() throws -> VersionView { try call("GET", "/v1/version") }
-    public func list() throws -> [TaskView] { try call("GET", try tasksPath()) }
-    public func get(_ id: String) throws -> TaskView { try call("GET", try taskPath(id)) }
+    public func version() throws -> VersionView { try call("GET", "/v1/version", bound: .question) }
+    public func list() throws -> [TaskView] { try call("GET", try tasksPath(), bound: .question) }
+    public func get(_ id: String) throws -> TaskView { try call("GET", try taskPath(id), bound: .question) }
     public func create(_ req: CreateTaskRequest) throws -> TaskView { try call("POST", try tasksPath(), req) }
     public func start(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/start") }
-    public func wait(_ id: String) throws -> Exit { try call("POST", "\(try taskPath(id))/wait") }
+    public func wait(_ id: String) throws -> Exit { try call("POST", "\(try taskPath(id))/wait", bound: .unbounded) }
     public func delete(_ id: String) throws -> Exit { try call("DELETE", try taskPath(id)) }
 
     public func kill(_ id: String, signal: String, all: Bool) throws {
@@ -52,12 +73,12 @@ public struct APIClient: Sendable {
 
     public func pause(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/pause") }
     public func resume(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/resume") }
-    public func pids(_ id: String) throws -> [ProcessEntry] { try call("GET", "\(try taskPath(id))/pids") }
-    public func stats(_ id: String) throws -> TaskStats { try call("GET", "\(try taskPath(id))/stats") }
+    public func pids(_ id: String) throws -> [ProcessEntry] { try call("GET", "\(try taskPath(id))/pids", bound: .question) }
+    public func stats(_ id: String) throws -> TaskStats { try call("GET", "\(try taskPath(id))/stats", bound: .question) }
 
     /// `resources` is OCI LinuxResources JSON.
     public func update(_ id: String, resources: Data) throws {
-        let r = try http.send("POST", "\(try taskPath(id))/update", body: resources)
+        let r = try http.send("POST", "\(try taskPath(id))/update", body: resources, within: limit(.change))
         guard (200..<300).contains(r.status) else { throw Self.error(r) }
     }
 
@@ -112,9 +133,9 @@ public struct APIClient: Sendable {
     // MARK: execs
 
     public func exec(_ id: String, _ req: ExecRequest) throws -> ProcessView { try call("POST", "\(try taskPath(id))/execs", req) }
-    public func getExec(_ id: String, _ execID: String) throws -> ProcessView { try call("GET", try processPath(id, execID)) }
+    public func getExec(_ id: String, _ execID: String) throws -> ProcessView { try call("GET", try processPath(id, execID), bound: .question) }
     public func startExec(_ id: String, _ execID: String) throws -> ProcessView { try call("POST", "\(try processPath(id, execID))/start") }
-    public func waitExec(_ id: String, _ execID: String) throws -> Exit { try call("POST", "\(try processPath(id, execID))/wait") }
+    public func waitExec(_ id: String, _ execID: String) throws -> Exit { try call("POST", "\(try processPath(id, execID))/wait", bound: .unbounded) }
     public func deleteExec(_ id: String, _ execID: String) throws -> Exit { try call("DELETE", try processPath(id, execID)) }
 
     public func killExec(_ id: String, _ execID: String, signal: String) throws {
@@ -129,9 +150,10 @@ public struct APIClient: Sendable {
 
     private struct Empty: Decodable {}
 
-    private func call<T: Decodable>(_ method: String, _ path: String, _ body: (some Encodable)? = Optional<Int>.none) throws -> T {
+    private func call<T: Decodable>(_ method: String, _ path: String, _ body: (some Encodable)? = Optional<Int>.none,
+                                    bound: Bound = .change) throws -> T {
         let data = try body.map { try APIJSON.encoder.encode($0) }
-        let r = try http.send(method, path, body: data)
+        let r = try http.send(method, path, body: data, within: limit(bound))
         guard (200..<300).contains(r.status) else { throw Self.error(r) }
         if T.self == Empty.self { return Empty() as! T }
         do {

@@ -10,7 +10,7 @@ import TetherSys
 /// all the CLI needs to talk to tetherd, and quick to start.
 public struct HTTPUnixClient: Sendable {
     public let socketPath: String
-    /// How long one request may wait for its answer (SO_RCVTIMEO); nil waits as long as it takes.
+    /// How long one request may wait for its answer, in seconds; nil waits as long as it takes.
     public let timeout: Int?
 
     public init(socketPath: String, timeout: Int? = nil) {
@@ -27,23 +27,35 @@ public struct HTTPUnixClient: Sendable {
     public enum Failure: Error, CustomStringConvertible {
         case unreachable(String, SysError)
         case broken(String)
+        case noAnswer(String, Int)
 
         public var description: String {
             switch self {
             case .unreachable(let path, let e):
                 "cannot reach tetherd at \(path) (\(e.message)): start it with 'tetherd &' (scripts/run does), or point --address or TETHER_ADDRESS at its socket"
             case .broken(let why): "tetherd's answer was cut short: \(why)"
+            case .noAnswer(let path, let seconds):
+                "tetherd at \(path) did not answer within \(seconds) s: it is stopped or overloaded (is its process in state T? see its log)"
             }
         }
     }
 
-    public func send(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
-        let fd: FD
-        do { fd = try UnixSocket.connect(socketPath) } catch { throw Failure.unreachable(socketPath, error) }
-        if let timeout {
-            var tv = timeval(tv_sec: timeout, tv_usec: 0)
-            setsockopt(fd.raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    /// A connection with this client's timeout on connect, reads and writes.
+    private func connect(timeout: Int?) throws -> FD {
+        do { return try UnixSocket.connect(socketPath, timeoutMs: Int32(clamping: (timeout ?? 0) * 1000)) } catch {
+            if error.errno == EAGAIN, let timeout { throw Failure.noAnswer(socketPath, timeout) }
+            throw Failure.unreachable(socketPath, error)
         }
+    }
+
+    /// One request and its whole answer, within the client's timeout.
+    public func send(_ method: String, _ path: String, body: Data? = nil) throws -> Response {
+        try send(method, path, body: body, within: timeout)
+    }
+
+    /// One request and its whole answer, within `limit` seconds (nil: no limit).
+    public func send(_ method: String, _ path: String, body: Data?, within limit: Int?) throws -> Response {
+        let fd = try connect(timeout: limit)
         var head = "\(method) \(path) HTTP/1.1\r\nHost: tetherd\r\nConnection: close\r\nAccept: application/json\r\n"
         if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
         head += "\r\n"
@@ -51,6 +63,7 @@ public struct HTTPUnixClient: Sendable {
             try fd.writeAll(Array(head.utf8) + Array(body ?? Data()))
             return try Self.parse(try fd.readToEnd(limit: 64 << 20))
         } catch let e as SysError {
+            if e.errno == EAGAIN, let limit { throw Failure.noAnswer(socketPath, limit) }
             throw Failure.broken(e.description)
         }
     }
@@ -58,9 +71,11 @@ public struct HTTPUnixClient: Sendable {
     /// A request whose answer is a stream of lines (chunked or not): calls
     /// `onLine` for each line as it arrives, until the server ends it.
     /// Throws if the status is not 2xx (with the body for the error).
+    ///
+    /// The stream ends when tetherd ends it (a chunked answer's last chunk);
+    /// a connection that closes without it (tetherd died) is an error.
     public func stream(_ path: String, onLine: (Data) -> Void) throws {
-        let fd: FD
-        do { fd = try UnixSocket.connect(socketPath) } catch { throw Failure.unreachable(socketPath, error) }
+        let fd = try connect(timeout: nil)
         let head = "GET \(path) HTTP/1.1\r\nHost: tetherd\r\nAccept: application/x-ndjson\r\n\r\n"
         try fd.writeAll(Array(head.utf8))
         var buffer: [UInt8] = []
@@ -95,7 +110,11 @@ public struct HTTPUnixClient: Sendable {
             }
             emit(&body, onLine)
             let more = try fd.read(upTo: 65536)
-            if more.isEmpty { emit(&body, onLine); return }
+            if more.isEmpty {
+                emit(&body, onLine)
+                if chunked { throw Failure.broken("the event stream ended without its last chunk: tetherd stopped or died") }
+                return
+            }
             raw += more
         }
     }

@@ -51,7 +51,7 @@ public final class OOMMonitor: TaskMonitor, Sendable {
     }
 
     public func monitor(_ task: any RuntimeTask) throws {
-        guard let path = Self.cgroupsPath(task.info.spec) else {
+        guard let path = Cgroups.path(inSpec: Array(task.info.spec)) else {
             logger.debug("no cgroupsPath in the spec: OOM not watched", metadata: ["id": "\(task.id)"])
             return
         }
@@ -123,15 +123,5 @@ public final class OOMMonitor: TaskMonitor, Sendable {
             if f.count == 2 && f[0] == "oom_kill" { return UInt64(f[1]) ?? 0 }
         }
         return 0
-    }
-
-    /// linux.cgroupsPath of an OCI spec, when it is an absolute cgroup path.
-    static func cgroupsPath(_ spec: Data) -> String? {
-        struct Spec: Decodable {
-            struct Linux: Decodable { let cgroupsPath: String? }
-            let linux: Linux?
-        }
-        guard let p = (try? JSONDecoder().decode(Spec.self, from: spec))?.linux?.cgroupsPath, p.hasPrefix("/") else { return nil }
-        return p
     }
 }

@@ -2,6 +2,7 @@ import CTether
 import Foundation
 import Logging
 import NIOCore
+import SwiftProtobuf
 import TetherProto
 import TetherRuntime
 import TetherSys
@@ -42,6 +43,17 @@ extension ShimRuntime {
         let record: TaskRecord
         do {
             record = try TaskRecord.load(path)
+        } catch let e as SysError where e.errno == ENOENT {
+            // The manager died between making the bundle and writing the
+            // record: nothing was started, and nothing is kept.
+            logger.warning("removing a bundle whose create never wrote its record", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
+            let scratch = layout.scratch(namespace, id)
+            let r = TaskRecord(namespace: namespace, id: id, instance: "", runtime: Spawn.lookPath(config.runtime) ?? config.runtime,
+                               bundle: layout.bundle(namespace, id), io: IO(), rootfs: [],
+                               scratch: Files.exists(scratch) ? scratch : nil, phase: .creating, createdAt: Date())
+            let spec = (try? Files.read("\(r.bundle)/config.json")).map { Data($0) } ?? Data()
+            await teardown.run(r, spec: spec, removeFiles: true)
+            return
         } catch {
             await reloadUnreadable(namespace, id, path: path, error: error)
             return
@@ -49,41 +61,92 @@ extension ShimRuntime {
         let spec = (try? Files.read("\(record.bundle)/config.json")).map { Data($0) } ?? Data()
         let task = ShimTask(runtime: self, record: record, spec: spec)
         insert(task)
-        let alive = isOurShim(record) && watcher.watch(record.shimPid) { [weak task] code in task?.shimExited(code: code) }
 
         if record.phase == .creating {
             // The manager died mid-create: finish nothing, remove everything.
+            // The shim is the recorded one, or (if the manager died before it
+            // recorded it) the one whose pid file names it.
             logger.warning("removing a task that was half created when the manager stopped", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
-            if alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) { task.attach(client) }
-            if !alive { task.shimExited(code: nil) }
-            await task.stopShim(now: true)
-            _ = await runRuntime(record.runtime, ["--root", layout.runtimeRoot(namespace), "delete", "--force", id])
-            try? removeBundle(record.bundle)
-            if let s = record.scratch { try? Files.removeTree(s) }
+            if let pid = findShim(record) {
+                // Shutdown(now) first: the shim kills the runtime calls it has
+                // in flight, which a SIGKILL of the shim alone would orphan.
+                if let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) {
+                    var req = Containerd_Task_V2_ShutdownRequest()
+                    req.id = id
+                    req.now = true
+                    _ = try? await client.task("Shutdown", req, as: Google_Protobuf_Empty.self, timeout: Self.shimAnswerTimeout)
+                    client.close()
+                }
+                await killShim(pid)
+            }
+            task.shimExited(code: nil)
+            await teardown.run(record, spec: spec, removeFiles: true)
             remove(task)
             return
         }
 
+        let alive = isOurShim(record) && watcher.watch(record.shimPid) { [weak task] code in task?.shimExited(code: code) }
         guard alive, let client = try? await ShimClient.connect("\(record.bundle)/shim.sock", group: group) else {
             logger.warning("the shim of a task is gone", metadata: ["namespace": "\(namespace)", "id": "\(id)"])
+            if alive { await killShim(record.shimPid) }  // alive but not listening: it cannot serve the task
             task.shimExited(code: nil)
             await task.cleanUpAfterDeadShim().value
             return
         }
         task.attach(client)
+        if record.phase == .running || record.phase == .paused { try? monitor.monitor(task) }
+        if await catchUp(task, client) { return }
+        // A shim that does not answer is slow (stopped, overloaded), not dead:
+        // its exits wait on disk, and it is asked again until it answers or
+        // its pidfd says it died. The task is listed from its record meanwhile.
+        logger.warning("the shim of a task does not answer; it keeps its task and is asked again",
+                       metadata: ["namespace": "\(namespace)", "id": "\(id)", "shim": "\(record.shimPid)"])
+        Task { [self] in
+            var delay: UInt64 = 500_000_000
+            while !task.shimIsGone {
+                try? await Task.sleep(nanoseconds: delay)
+                if task.shimIsGone { return }
+                if await catchUp(task, client) { return }
+                delay = min(delay * 2, 30_000_000_000)
+            }
+        }
+    }
+
+    /// Fetches the exits the shim kept for us and drops exec records it never
+    /// heard of. False when the shim did not answer in time.
+    private func catchUp(_ task: ShimTask, _ client: ShimClient) async -> Bool {
         do {
             let pending = try await client.call("tether.shim.v1.Exits", "Pending", Tether_Shim_V1_PendingRequest(),
                                                 as: Tether_Shim_V1_PendingResponse.self, timeout: Self.shimAnswerTimeout)
-            for r in pending.records where r.instance == record.instance { task.apply(r) }
+            let instance = task.record.instance
+            for r in pending.records where r.instance == instance { task.apply(r) }
             try await task.reconcileExecs(timeout: Self.shimAnswerTimeout)
+            return true
         } catch {
-            logger.warning("the shim of a task does not answer; handling it as dead",
-                           metadata: ["namespace": "\(namespace)", "id": "\(id)", "error": "\(error)"])
-            watcher.signal(record.shimPid, SIGKILL)
-            await task.cleanUpAfterDeadShim().value
-            return
+            logger.debug("no answer from the shim of \(task.info.namespace)/\(task.id): \(error)")
+            return false
         }
-        if record.phase == .running { try? monitor.monitor(task) }
+    }
+
+    /// The live shim of a record: the recorded pid if it is still that shim,
+    /// else the pid in the shim's own pid file if that is a shim for this task.
+    private func findShim(_ r: TaskRecord) -> Int32? {
+        if isOurShim(r) { return r.shimPid }
+        guard let text = try? Files.readString("\(r.bundle)/shim.pid"), let pid = Int32(text.filter(\.isNumber)),
+              Self.isShim(pid: pid, namespace: r.namespace, id: r.id) else { return nil }
+        return pid
+    }
+
+    /// SIGKILLs a shim through its pidfd and waits until it is gone.
+    private func killShim(_ pid: Int32) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let once = ResumeOnce(c)
+            if watcher.watch(pid, onExit: { _ in once.resume(()) }) {
+                if !watcher.signal(pid, SIGKILL) { once.resume(()) }
+            } else {
+                once.resume(())
+            }
+        }
     }
 
     /// Is the recorded shim pid still that shim: a tether-shim for this task,
@@ -115,16 +178,10 @@ extension ShimRuntime {
                                 phase: .stopped, createdAt: Date())
         if let text = try? Files.readString("\(bundle)/shim.pid"), let pid = Int32(text.filter(\.isNumber)),
            Self.isShim(pid: pid, namespace: namespace, id: id) {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                if watcher.watch(pid, onExit: { _ in c.resume() }) {
-                    watcher.signal(pid, SIGKILL)
-                } else {
-                    c.resume()
-                }
-            }
+            await killShim(pid)
         }
-        _ = await runRuntime(record.runtime, ["--root", layout.runtimeRoot(namespace), "delete", "--force", id])
-        for m in Files.mounts(under: bundle) { _ = tether_umount(m, Int32(MNT_DETACH)) }
+        let spec = (try? Files.read("\(bundle)/config.json")).map { Data($0) } ?? Data()
+        await teardown.run(record, spec: spec, removeFiles: false)
         record.exit = Exit(pid: 0, status: 137, timestamp: Date())
         record.exitReason = reason
         try? record.save()

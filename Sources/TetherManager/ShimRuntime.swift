@@ -6,6 +6,7 @@ import NIOPosix
 import SwiftProtobuf
 import Synchronization
 import TTRPC
+import TetherOCI
 import TetherProto
 import TetherRuntime
 import TetherSys
@@ -21,15 +22,19 @@ public struct ManagerConfig: Sendable {
     public var debugShims: Bool
     public var monitor: any TaskMonitor
     public var logger: Logger
+    /// Where cgroup hierarchies are mounted (a test may emulate one elsewhere).
+    public var cgroupRoot: String
 
     public init(layout: Layout, runtime: String = "runc", shimBinary: String, debugShims: Bool = false,
-                monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd")) {
+                monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd"),
+                cgroupRoot: String = "/sys/fs/cgroup") {
         self.layout = layout
         self.runtime = runtime
         self.shimBinary = shimBinary
         self.debugShims = debugShims
         self.monitor = monitor
         self.logger = logger
+        self.cgroupRoot = cgroupRoot
     }
 }
 
@@ -52,6 +57,10 @@ public final class ShimRuntime: Runtime, Sendable {
     let monitor: any TaskMonitor
     private let tasksByKey = Mutex<[TaskKey: ShimTask]>([:])
     private let exitPipe = Mutex<ExitPipe?>(nil)
+    let cgroups: Cgroups
+    /// Threads for the manager's own disk work (bundles, records, spec
+    /// files), so a slow disk never holds up the threads serving requests.
+    let disk: NIOThreadPool
 
     var logger: Logger { config.logger }
     public var layout: Layout { config.layout }
@@ -61,6 +70,9 @@ public final class ShimRuntime: Runtime, Sendable {
         group = MultiThreadedEventLoopGroup.singleton
         launcher = ShimLauncher(shimBinary: config.shimBinary, layout: config.layout, debug: config.debugShims)
         watcher = try ShimWatcher()
+        cgroups = Cgroups(root: config.cgroupRoot)
+        disk = NIOThreadPool(numberOfThreads: 4)
+        disk.start()
         let logger = config.logger
         events = EventBus { e in
             logger.debug("event", metadata: ["topic": "\(e.topic)", "namespace": "\(e.namespace)", "id": "\(e.event.containerID)"])
@@ -71,9 +83,7 @@ public final class ShimRuntime: Runtime, Sendable {
     /// Prepares the state and root directories, opens the exit pipe and
     /// picks up the tasks an earlier manager left running.
     public static func start(_ config: ManagerConfig) async throws -> ShimRuntime {
-        try Files.makeDirectories(config.layout.state)
-        try Files.makeDirectories(config.layout.tasksDir)
-        try Files.makeDirectories(config.layout.root)
+        try config.layout.prepare()
         let runtime = try ShimRuntime(config: config)
         let pipe = try ExitPipe(path: config.layout.exitFifo,
                                 onRecord: { [weak runtime] r in runtime?.deliver(r) },
@@ -89,10 +99,7 @@ public final class ShimRuntime: Runtime, Sendable {
         try Identifier.validate(namespace, kind: "namespace")
         try Identifier.validate(id, kind: "task ID")
         guard let runtimeBinary = Spawn.lookPath(config.runtime) else { throw RuntimeError.runtimeDoesNotExist(config.runtime) }
-        _ = try SpecBuilder.validate(opts.spec, source: "the task's OCI spec")
-        if !opts.checkpoint.isEmpty && !Files.isDirectory(opts.checkpoint) {
-            throw RuntimeError(.invalidArgument, "checkpoint \(opts.checkpoint) is not a directory: give the path 'tether checkpoint' wrote to")
-        }
+        let spec = try await onDisk { [self] in try checkedSpec(opts) }
 
         let key = TaskKey(namespace: namespace, id: id)
         let bundle = layout.bundle(namespace, id)
@@ -106,7 +113,7 @@ public final class ShimRuntime: Runtime, Sendable {
         let record = TaskRecord(namespace: namespace, id: id, instance: Self.newInstance(), runtime: runtimeBinary,
                                 bundle: bundle, io: opts.io, rootfs: opts.rootfs,
                                 scratch: layerDirs.isEmpty ? nil : scratch, phase: .creating, createdAt: Date())
-        let task = ShimTask(runtime: self, record: record, spec: opts.spec)
+        let task = ShimTask(runtime: self, record: record, spec: spec)
         try tasksByKey.withLock { (t) throws(RuntimeError) in
             guard t[key] == nil else { throw RuntimeError.containerExists(namespace: namespace, id: id) }
             t[key] = task
@@ -114,27 +121,40 @@ public final class ShimRuntime: Runtime, Sendable {
         do {
             if Files.exists(bundle) {
                 logger.warning("removing a stale bundle with no task behind it", metadata: ["bundle": "\(bundle)"])
-                try removeBundle(bundle)
+                var stale = record
+                stale.scratch = nil
+                if !(await teardown.run(stale, spec: spec, removeFiles: true)).isEmpty {
+                    throw RuntimeError(.internal, "a stale bundle of an earlier task \(namespace)/\(id) is in the way at \(bundle) and cannot be removed (see tetherd's log)")
+                }
             }
-            if record.scratch != nil {
-                try? Files.removeTree(scratch)  // a layer left by a task that no longer exists
-                for dir in layerDirs { try Files.makeDirectories(dir, mode: 0o755) }
+            try await onDisk { [self] in
+                if record.scratch != nil {
+                    try? Files.removeTree(scratch)  // a layer left by a task that no longer exists
+                    // The task's own directory is 0700: nobody else reaches its
+                    // writable layer (a setuid file written there is no one's way in).
+                    try Files.ensureDirectory(Files.dirname(scratch), mode: 0o700)
+                    try Files.ensureDirectory(scratch, mode: 0o700)
+                    for dir in layerDirs { try Files.makeDirectories(dir, mode: 0o755) }
+                }
+                try Files.ensureDirectory(Files.dirname(bundle), mode: 0o700)
+                try Files.ensureDirectory(bundle, mode: 0o700)
+                try Files.makeDirectories("\(bundle)/rootfs", mode: 0o755)
+                try makeFifos(opts.io, bundle: bundle)
+                try Files.writeAtomically("\(bundle)/config.json", Array(spec), mode: 0o600)
+                try Files.ensureDirectory(layout.runtimeRoot(namespace), mode: 0o700)
+                try record.save()
             }
-            try Files.makeDirectories(bundle)
-            try Files.makeDirectories("\(bundle)/rootfs", mode: 0o755)
-            try makeFifos(opts.io, bundle: bundle)
-            try Files.writeAtomically("\(bundle)/config.json", Array(opts.spec), mode: 0o600)
-            try Files.makeDirectories(layout.runtimeRoot(namespace))
-            try record.save()
 
             await TestHook.reach("create.before-shim")
-            let shimPid = try await launcher.launch(record)
-            let startTime = Proc.startTime(shimPid) ?? 0
-            try task.update { r in
-                r.shimPid = shimPid
-                r.shimStartTime = startTime
-            }
-            watcher.watch(shimPid) { [weak task] code in task?.shimExited(code: code) }
+            let shim = try launcher.spawn(record)
+            // Recorded before the shim is waited for: a manager that dies
+            // from here on finds the shim on reload and stops it.
+            try await onDisk { try task.update { r in
+                r.shimPid = shim.pid
+                r.shimStartTime = shim.startTime
+            } }
+            watcher.watch(shim.pid) { [weak task] code in task?.shimExited(code: code) }
+            try await launcher.waitReady(shim, record)
             let client = try await ShimClient.connect("\(bundle)/shim.sock", group: group)
             task.attach(client)
             await TestHook.reach("create.before-create-call")
@@ -150,24 +170,60 @@ public final class ShimRuntime: Runtime, Sendable {
             req.checkpoint = opts.checkpoint
             if let options = opts.options { req.options = try Self.shimOptions(options) }
             let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: .seconds(120))
-            try task.update { r in
+            try await onDisk { try task.update { r in
                 r.pid = resp.pid
                 r.phase = .created
-            }
+            } }
             task.finishCreate()
             events.publish(TaskEvent(namespace: namespace, topic: TaskEvent.Topic.create,
                                      event: .init(containerID: id, pid: resp.pid, bundle: bundle, checkpoint: opts.checkpoint.isEmpty ? nil : opts.checkpoint)))
-            logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shimPid)"])
+            logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shim.pid)"])
             return task
         } catch {
             logger.warning("create failed; cleaning up", metadata: ["namespace": "\(namespace)", "id": "\(id)", "error": "\(error)"])
             await task.stopShim(now: true)
-            try? removeBundle(bundle)
-            if let s = record.scratch { try? Files.removeTree(s) }
+            await teardown.run(task.record, spec: spec, removeFiles: true)
             tasksByKey.withLock { _ = $0.removeValue(forKey: key) }
             throw ShimTask.mapError(error, namespace: namespace, id: id)
         }
     }
+
+    /// The one set of rules every task's spec meets, from wherever it came:
+    /// it passes SpecCheck (JSON, types, a command, a root, resources in
+    /// range); its root is `rootfs` in the bundle when the task brings rootfs
+    /// mounts, else an absolute directory that Layout.checkRootfs accepts;
+    /// and process.terminal is the IO's. Returns the spec the runtime gets.
+    func checkedSpec(_ opts: CreateOpts) throws -> Data {
+        var checked = try SpecCheck.check(Array(opts.spec), source: "the task's OCI spec")
+        let root = checked.spec.root?.path ?? ""
+        if opts.rootfs.isEmpty {
+            guard root.hasPrefix("/") else {
+                throw RuntimeError(.invalidArgument, "the spec's root.path \(root) is not absolute: with no rootfs mounts, name the container's root directory by its absolute path")
+            }
+            let real = try layout.checkRootfs(root, what: "the spec's root.path \(root)", readonly: checked.spec.root?.readonly ?? false)
+            checked.setRootPath(real)
+        } else if root != "rootfs" {
+            throw RuntimeError(.invalidArgument, "the spec's root.path is \(root), but the task's rootfs mounts are made at rootfs in its bundle: set root.path to \"rootfs\"")
+        }
+        if !opts.checkpoint.isEmpty && !Files.isDirectory(opts.checkpoint) {
+            throw RuntimeError(.invalidArgument, "checkpoint \(opts.checkpoint) is not a directory: give the path 'tether checkpoint' wrote to")
+        }
+        if let options = opts.options { _ = try Self.shimOptions(options) }
+        checked.setTerminal(opts.io.terminal)
+        return Data(checked.bytes)
+    }
+
+    /// Runs blocking disk work on the manager's own threads and awaits it.
+    public func onDisk<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await disk.runIfActive(body)
+    }
+
+    /// The same for work that cannot fail.
+    func onDisk<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        (try? await disk.runIfActive(body)) ?? body()
+    }
+
+    var teardown: Teardown { Teardown(runtime: self) }
 
     public func get(namespace: String, id: String) async throws -> any RuntimeTask {
         try task(namespace, id)
@@ -203,6 +259,15 @@ public final class ShimRuntime: Runtime, Sendable {
         return exit
     }
 
+    /// The namespace's tasks, for answers from the manager's own records
+    /// (`ShimTask.recordedState()`), which never wait on a shim.
+    public func recordedTasks(namespace: String) throws(RuntimeError) -> [ShimTask] {
+        try Identifier.validate(namespace, kind: "namespace")
+        return tasksByKey.withLock { t in
+            t.values.filter { $0.info.namespace == namespace && $0.isVisible }.sorted { $0.id < $1.id }
+        }
+    }
+
     func task(forKey key: TaskKey) -> ShimTask? { tasksByKey.withLock { $0[key] } }
 
     /// Adds a reloaded task.
@@ -229,6 +294,9 @@ public final class ShimRuntime: Runtime, Sendable {
         t.apply(r)
     }
 
+    /// The largest log rotation size: 1 PiB.
+    static let maxLogSize: UInt64 = 1 << 50
+
     /// CreateOpts.options (JSON: `{"logPath": "...", "logMaxSize": N}`) as the shim's Any.
     static func shimOptions(_ json: Data) throws -> Google_Protobuf_Any {
         var decoding = JSONDecodingOptions()
@@ -242,6 +310,13 @@ public final class ShimRuntime: Runtime, Sendable {
             guard Files.isDirectory(Files.dirname(o.logPath)) else {
                 throw RuntimeError(.invalidArgument, "the log's directory \(Files.dirname(o.logPath)) does not exist")
             }
+            var st = stat()
+            if lstat(o.logPath, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG {
+                throw RuntimeError(.invalidArgument, "log path \(o.logPath) is \(Files.describe(st.st_mode)), not a regular file: name a file (symbolic links are not followed)")
+            }
+        }
+        guard o.logMaxSize <= Self.maxLogSize else {
+            throw RuntimeError(.invalidArgument, "log max size \(o.logMaxSize) is out of range: give at most \(Self.maxLogSize) bytes (1P), or 0 for no rotation")
         }
         var any = Google_Protobuf_Any()
         any.typeURL = "types.tether.dev/tether.shim.v1.CreateOptions"
@@ -274,26 +349,35 @@ public final class ShimRuntime: Runtime, Sendable {
 
     // MARK: - helpers
 
-    /// Unmounts whatever is still mounted under `bundle`, then removes it.
-    func removeBundle(_ bundle: String) throws {
-        for m in Files.mounts(under: bundle) {
-            let rc = tether_umount(m, 0)
-            if rc == -EBUSY { _ = tether_umount(m, Int32(MNT_DETACH)) }
-        }
-        try Files.removeTree(bundle)
-    }
-
-    /// Runs the OCI runtime for cleanup, waiting for it through the watcher.
-    func runRuntime(_ binary: String, _ args: [String]) async -> Int32? {
-        do {
-            let pid = try Spawn.spawn(binary, [binary] + args)
-            return await withCheckedContinuation { (c: CheckedContinuation<Int32?, Never>) in
-                if !watcher.watch(pid, onExit: { code in c.resume(returning: code) }) { c.resume(returning: nil) }
-            }
-        } catch {
+    /// Runs the OCI runtime for cleanup and returns its exit code; nil when
+    /// it could not be started or had to be killed at `deadline`. The child
+    /// is watched from the moment it exists, so it is always reaped.
+    func runRuntime(_ binary: String, _ args: [String], deadline: Duration) async -> Int32? {
+        let pid: Int32
+        do { pid = try Spawn.spawn(binary, [binary] + args) } catch {
             logger.error("cannot run \(binary): \(error)")
             return nil
         }
+        let killed = Flag()
+        let timer = Task { [watcher] in
+            try? await Task.sleep(for: deadline)
+            if !Task.isCancelled && watcher.signal(pid, SIGKILL) { killed.set() }
+        }
+        let code = await withCheckedContinuation { (c: CheckedContinuation<Int32?, Never>) in
+            if !watcher.watch(pid, onExit: { code in c.resume(returning: code) }) {
+                // No pidfd: wait on a thread of its own (it is our child, so this reaps it).
+                OSThread.start("runtime-wait") {
+                    var status: Int32 = 0
+                    c.resume(returning: tether_wait_pid(pid, &status) == pid ? tether_exit_code(status) : nil)
+                }
+            }
+        }
+        timer.cancel()
+        if killed.isSet {
+            logger.error("\(binary) \(args.joined(separator: " ")) did not finish within \(deadline) and was killed")
+            return nil
+        }
+        return code
     }
 
     static func newInstance() -> String {
@@ -311,4 +395,11 @@ extension Mount {
         m.options = options
         return m
     }
+}
+
+/// A flag set once from any thread.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }

@@ -83,7 +83,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         do {
             var req = Containerd_Task_V2_StateRequest()
             req.id = id
-            let s = try await rpc("State", req, as: Containerd_Task_V2_StateResponse.self)
+            let s = try await rpc("State", req, as: Containerd_Task_V2_StateResponse.self, timeout: Self.quickCall)
             let status: Status = switch s.status {
             case .created: .created
             case .running: .running
@@ -93,11 +93,32 @@ public final class ShimTask: RuntimeTask, Sendable {
             let exit = status == .stopped && s.hasExitedAt
                 ? Exit(pid: s.pid, status: s.exitStatus, timestamp: s.exitedAt.date) : nil
             return stateOf(r, status, exit: exit)
-        } catch let e as RuntimeError where e.code == .unavailable {
+        } catch let e as RuntimeError where e.code == .unavailable && shimIsGone {
             // The shim is gone and no exit is known yet: the dead-shim path is recording one.
             return stateOf(record, .stopped, exit: record.exit)
         }
     }
+
+    /// The task as the manager's own record has it, without asking the shim:
+    /// what a listing shows, so that it answers at once whatever the shims do.
+    public func recordedState() -> TetherRuntime.State {
+        let r = record
+        let status: Status = switch r.phase {
+        case .creating, .created: .created
+        case .running: .running
+        case .paused: .paused
+        case .stopped, .deleting: .stopped
+        }
+        return stateOf(r, r.exit == nil ? status : .stopped, exit: r.exit)
+    }
+
+    /// How long a call that only asks or signals may take before it fails
+    /// with deadline_exceeded. A shim that misses it is slow, not dead.
+    static let quickCall: TimeAmount = .seconds(2)
+    /// Delete runs `runtime delete` and waits up to 2 s for output to drain.
+    static let deleteCall: TimeAmount = .seconds(10)
+
+    var shimIsGone: Bool { state.withLock { $0.shimGone } }
 
     private func stateOf(_ r: TaskRecord, _ status: Status, exit: Exit?) -> TetherRuntime.State {
         TetherRuntime.State(status: status, pid: r.pid, stdin: r.io.stdin, stdout: r.io.stdout, stderr: r.io.stderr,
@@ -113,7 +134,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         req.id = id
         req.signal = signal
         req.all = all
-        let _: Google_Protobuf_Empty = try await rpc("Kill", req)
+        let _: Google_Protobuf_Empty = try await rpc("Kill", req, timeout: .seconds(10))
     }
 
     public func wait() async throws -> Exit {
@@ -213,6 +234,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         var req = Containerd_Task_V2_PauseRequest()
         req.id = id
         let _: Google_Protobuf_Empty = try await rpc("Pause", req)
+        try await runtime.onDisk { try self.update { r in if r.exit == nil { r.phase = .paused } } }
         runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.paused, event: .init(containerID: id)))
     }
 
@@ -220,6 +242,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         var req = Containerd_Task_V2_ResumeRequest()
         req.id = id
         let _: Google_Protobuf_Empty = try await rpc("Resume", req)
+        try await runtime.onDisk { try self.update { r in if r.exit == nil { r.phase = .running } } }
         runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.resumed, event: .init(containerID: id)))
     }
 
@@ -468,8 +491,7 @@ public final class ShimTask: RuntimeTask, Sendable {
             for w in waiters { w.resume(returning: exit) }
         }
         releaseExecWaiters(fallback: Exit(pid: 0, status: 137, timestamp: Date()))
-        _ = await runtime.runRuntime(r.runtime, ["--root", runtime.layout.runtimeRoot(r.namespace), "delete", "--force", r.id])
-        for m in Files.mounts(under: r.bundle) { _ = tether_umount(m, Int32(MNT_DETACH)) }
+        await runtime.teardown.run(r, spec: info.spec, removeFiles: false)
     }
 
     // MARK: - delete
@@ -488,35 +510,40 @@ public final class ShimTask: RuntimeTask, Sendable {
             return p
         }
         await TestHook.reach("delete.before-delete-call")
-        var shimDead = state.withLock { $0.shimGone }
+        var shimDead = shimIsGone
         var fromShim: Exit?
         if !shimDead {
             var req = Containerd_Task_V2_DeleteRequest()
             req.id = id
             do {
-                let resp = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self, timeout: .seconds(60))
+                let resp = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self, timeout: Self.deleteCall)
                 fromShim = Exit(pid: resp.pid, status: resp.exitStatus, timestamp: resp.exitedAt.date)
             } catch let e as RuntimeError where e.code == .containerDoesNotExist {
                 logger.info("the shim had no container to delete", metadata: ["id": "\(id)", "error": "\(e.message)"])
-            } catch let e as RuntimeError where e.code == .unavailable {
-                shimDead = true  // it died or hangs: clean up without it
             } catch {
-                state.withLock { s in
-                    s.deleting = false
-                    s.record.phase = prior
-                    try? s.record.save()
+                if let e = error as? RuntimeError, e.code == .unavailable, await shimGone(within: .seconds(1)) {
+                    // The connection closed because the shim died: clean up without it.
+                    logger.warning("the shim died during delete", metadata: ["id": "\(id)", "error": "\(e.message)"])
+                    shimDead = true
+                } else {
+                    // A slow shim (or any other failure) leaves the task as it was:
+                    // it is never taken for dead while its process lives.
+                    state.withLock { s in
+                        s.deleting = false
+                        s.record.phase = prior
+                        try? s.record.save()
+                    }
+                    throw error
                 }
-                throw error
             }
         }
         if shimDead { await cleanUpAfterDeadShim().value }
         let final = record.exit ?? fromShim ?? Exit(pid: record.pid, status: 137, timestamp: Date())
         await stopShim(now: shimDead)
-        do {
-            try runtime.removeBundle(record.bundle)
-        } catch {
+        let problems = await runtime.teardown.run(record, spec: info.spec, removeFiles: true)
+        if !problems.isEmpty {
             state.withLock { $0.deleting = false }
-            throw RuntimeError(.internal, "task \"\(id)\" is deleted but its state directory is not: \(error)")
+            throw RuntimeError(.internal, "task \"\(id)\" is deleted but not all of it could be removed: \(problems.joined(separator: "; "))")
         }
         let waiters = state.withLock { s in
             s.deleted = true
@@ -588,8 +615,10 @@ public final class ShimTask: RuntimeTask, Sendable {
         case .invalidArgument: return RuntimeError(.invalidArgument, e.message)
         case .failedPrecondition: return RuntimeError(.failedPrecondition, e.message)
         case .unimplemented: return RuntimeError(.notImplemented, e.message)
-        case .unavailable, .deadlineExceeded:
+        case .unavailable:
             return RuntimeError(.unavailable, "the shim of task \"\(namespace)/\(id)\" is not answering\(method.isEmpty ? "" : " (\(method))"): \(e.message)")
+        case .deadlineExceeded:
+            return RuntimeError(.deadlineExceeded, "the shim of task \"\(namespace)/\(id)\" did not answer\(method.isEmpty ? "" : " \(method)") in time: it is alive but stopped or overloaded (\(e.message)); nothing was changed, try again")
         default: return RuntimeError(.internal, e.message)
         }
     }

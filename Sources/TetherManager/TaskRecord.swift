@@ -12,6 +12,8 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         case creating
         case created
         case running
+        /// Frozen by pause (the record follows pause and resume).
+        case paused
         case stopped
         /// Delete under way: the container may be gone already.
         case deleting

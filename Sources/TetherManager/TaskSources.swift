@@ -1,4 +1,5 @@
 import Foundation
+import TetherOCI
 import TetherRuntime
 import TetherSys
 
@@ -17,10 +18,12 @@ public enum RootfsSource: Sendable, Equatable {
 
 extension ShimRuntime {
     /// The CreateOpts for a task in namespace/id. `process` is required for
-    /// every source but a bundle, which carries its own.
+    /// every source but a bundle, which carries its own. Reads the bundle's
+    /// files: call it off the threads that serve requests.
     public func createOptions(namespace: String, id: String, source: RootfsSource,
                               process: SpecBuilder.Process?, io: IO,
-                              resources: SpecBuilder.Resources = .init()) throws(RuntimeError) -> CreateOpts {
+                              resources: ResourceLimits = .init()) throws(RuntimeError) -> CreateOpts {
+        try resources.validate()
         switch source {
         case .embedded:
             let lower = layout.defaultRootfs
@@ -33,43 +36,64 @@ extension ShimRuntime {
                       options: ["lowerdir=\(lower)", "upperdir=\(scratch)/upper", "workdir=\(scratch)/work"]),
             ], io: io)
         case .directory(let dir):
-            guard Files.isDirectory(dir) else {
-                throw RuntimeError(.invalidArgument, "rootfs \(dir) does not exist or is not a directory: pass --rootfs with a directory that holds the container's root filesystem")
-            }
             guard dir.hasPrefix("/") else { throw RuntimeError(.invalidArgument, "rootfs \(dir) is not an absolute path") }
+            let real = try layout.checkRootfs(dir, what: "rootfs \(dir)")
             return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources),
-                              rootfs: [Mount(type: "bind", source: dir, options: ["rbind", "rw"])], io: io)
+                              rootfs: [Mount(type: "bind", source: real, options: ["rbind", "rw"])], io: io)
         case .bundle(let dir):
             let config = "\(dir)/config.json"
-            guard let bytes = try? Files.read(config) else {
-                throw RuntimeError(.invalidArgument, "bundle \(dir) has no readable config.json: create one with 'runc spec' there")
+            let bytes: [UInt8]
+            do { bytes = try Files.readRegular(config, limit: SpecCheck.maxSize) } catch {
+                if error.errno == ENOENT || error.errno == ENOTDIR {
+                    throw RuntimeError(.invalidArgument, "bundle \(dir) has no readable config.json: create one with 'runc spec' there")
+                }
+                throw RuntimeError(.invalidArgument, "bundle \(dir): cannot read config.json: \(error)")
             }
-            var object = try SpecBuilder.validate(Data(bytes), source: config)
-            var root = object["root"] as? [String: Any] ?? [:]
-            let path = root["path"] as? String ?? "rootfs"
-            let absolute = path.hasPrefix("/") ? path : "\(dir)/\(path)"
-            guard Files.isDirectory(absolute) else {
-                throw RuntimeError(.invalidArgument, "the rootfs \(absolute) named by \(config) does not exist")
-            }
-            root["path"] = absolute
-            object["root"] = root
-            // The runtime needs the spec and the IO to agree on the terminal.
-            var process = object["process"] as? [String: Any] ?? [:]
-            process["terminal"] = io.terminal
-            object["process"] = process
-            guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]) else {
-                throw RuntimeError(.invalidArgument, "\(config) cannot be written back as JSON")
-            }
-            return CreateOpts(spec: data, io: io)
+            var checked = try SpecCheck.check(bytes, source: config)
+            let path = checked.spec.root?.path ?? "rootfs"
+            // A relative root.path is the bundle's; the shim's bundle is elsewhere.
+            checked.setRootPath(path.hasPrefix("/") ? path : "\(dir)/\(path)")
+            return CreateOpts(spec: Data(checked.bytes), io: io)
         }
     }
 
     private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?, terminal: Bool,
-                      resources: SpecBuilder.Resources) throws(RuntimeError) -> Data {
+                      resources: ResourceLimits) throws(RuntimeError) -> Data {
         guard var process, !process.args.isEmpty else {
             throw RuntimeError(.invalidArgument, "no command given: name one after --, as in: tether run ID -- sh -c 'echo hi'")
         }
         process.terminal = terminal
         return SpecBuilder.specJSON(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent, resources: resources)
+    }
+}
+
+extension Layout {
+    /// Checks a directory someone names as a container's root filesystem and
+    /// returns its real path (symlinks resolved). Refused: a path that is
+    /// not a directory, the host's `/`, a directory that holds Tether's own
+    /// state or root directory, and, unless it is mounted read-only, one
+    /// inside them (where a container would write into Tether's state or
+    /// the shared default rootfs).
+    func checkRootfs(_ path: String, what: String, readonly: Bool = false) throws(RuntimeError) -> String {
+        let real: String
+        do { real = try Files.realPath(path) } catch {
+            throw RuntimeError(.invalidArgument, "\(what) does not exist or is not a directory: give a directory that holds the container's root filesystem")
+        }
+        guard Files.isDirectory(real) else {
+            throw RuntimeError(.invalidArgument, "\(what) does not exist or is not a directory: give a directory that holds the container's root filesystem")
+        }
+        if real == "/" {
+            throw RuntimeError(.invalidArgument, "\(what) is the host's own root directory: give a directory that holds only the container's files")
+        }
+        for (name, dir) in [("state", state), ("root", root)] {
+            let ours = (try? Files.realPath(dir)) ?? dir
+            if Files.isWithin(ours, real) {
+                throw RuntimeError(.invalidArgument, "\(what) contains Tether's \(name) directory \(dir): give a directory that holds only the container's files")
+            }
+            if !readonly && Files.isWithin(real, ours) {
+                throw RuntimeError(.invalidArgument, "\(what) lies inside Tether's \(name) directory \(dir): give a directory of your own")
+            }
+        }
+        return real
     }
 }

@@ -23,7 +23,8 @@ public enum RFC3339 {
     }
 
     public static func format(_ date: Date) -> String {
-        let t = date.timeIntervalSince1970
+        // Years 1 to 9999: anything outside (a corrupt record) is shown at the bound, never a trap.
+        let t = min(max(date.timeIntervalSince1970, -62_135_596_800), 253_402_300_799)
         var s = Int64(t.rounded(.down))
         var n = Int32(((t - Double(s)) * 1e9).rounded())
         if n >= 1_000_000_000 { s += 1; n -= 1_000_000_000 }

@@ -9,9 +9,15 @@ public struct RuntimeError: Error, Sendable, Equatable, CustomStringConvertible 
         case processAlreadyExited = "process_already_exited"
         // The rest, named after the gRPC codes the shim API carries.
         case invalidArgument = "invalid_argument"
+        /// Something other than a task is missing (an API endpoint).
+        case notFound = "not_found"
         case failedPrecondition = "failed_precondition"
         case notImplemented = "not_implemented"
         case unavailable = "unavailable"
+        /// An answer did not come in time (a shim stopped or overloaded): the call failed, nothing else.
+        case deadlineExceeded = "deadline_exceeded"
+        /// A request larger than the limit.
+        case tooLarge = "too_large"
         case `internal` = "internal"
     }
 

@@ -6,6 +6,7 @@ import ServiceLifecycle
 import NIOCore
 import TetherAPI
 import TetherManager
+import TetherOCI
 import TetherRuntime
 
 /// tetherd's HTTP API (docs/api.md) over a unix socket: a thin layer that
@@ -14,6 +15,9 @@ public struct APIServer: Sendable {
     let runtime: ShimRuntime
     let logger: Logger
 
+    /// The largest body a request may have (a create's spec included).
+    static let maxBody = 4 << 20
+
     public init(runtime: ShimRuntime, logger: Logger) {
         self.runtime = runtime
         self.logger = logger
@@ -21,13 +25,14 @@ public struct APIServer: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: ErrorShape(logger: logger))
         router.get("/v1/version") { _, _ in
             json(VersionView(version: TetherVersion.string, runtime: runtime.config.runtime,
                              root: runtime.layout.root, state: runtime.layout.state))
         }
         router.get("/v1/events") { req, _ in events(req) }
         let tasks = router.group("/v1/namespaces/:ns/tasks")
-        tasks.get { _, c in try await handle { try await list(ns(c)) } }
+        tasks.get { _, c in try await handle { try list(ns(c)) } }
         tasks.post { req, c in try await handle { try await create(ns(c), req) } }
         tasks.get(":id") { _, c in try await handle { try await view(try await task(c)) } }
         tasks.post(":id/start") { _, c in
@@ -37,29 +42,6 @@ public struct APIServer: Sendable {
                 return try await view(t)
             }
         }
-        tasks.post(":id/kill") { req, c in
-            try await handle {
-                let body: KillRequest = try await decode(req, default: KillRequest())
-                let signal = try Signals.parse(body.signal?.text ?? "TERM")
-                try await task(c).kill(signal: UInt32(signal), all: body.all ?? false)
-                return Response(status: .noContent)
-            }
-        }
-        tasks.post(":id/wait") { _, c in try await handle { json(try await task(c).wait()) } }
-        tasks.post(":id/resize") { req, c in
-            try await handle {
-                let body: ResizeRequest = try await decode(req, default: nil)
-                try await task(c).resizePty(ConsoleSize(width: body.width, height: body.height))
-                return Response(status: .noContent)
-            }
-        }
-        tasks.post(":id/closeio") { _, c in
-            try await handle {
-                try await task(c).closeIO()
-                return Response(status: .noContent)
-            }
-        }
-
         tasks.post(":id/pause") { _, c in
             try await handle {
                 let t = try await task(c)
@@ -75,23 +57,13 @@ public struct APIServer: Sendable {
             }
         }
         tasks.get(":id/pids") { _, c in
-            try await handle {
-                guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
-                return json(try await t.processes().map { ProcessEntry(pid: $0.pid, execID: $0.execID) })
-            }
+            try await handle { json(try await shimTask(c).processes().map { ProcessEntry(pid: $0.pid, execID: $0.execID) }) }
         }
-        tasks.get(":id/stats") { _, c in
-            try await handle {
-                guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
-                return json(try await t.stats())
-            }
-        }
+        tasks.get(":id/stats") { _, c in try await handle { json(try await shimTask(c).stats()) } }
         tasks.post(":id/update") { req, c in
             try await handle {
-                let body = Data(try await req.body.collect(upTo: 1 << 20).readableBytesView)
-                guard (try? JSONSerialization.jsonObject(with: body)) is [String: Any] else {
-                    throw RuntimeError(.invalidArgument, "the body is not OCI LinuxResources JSON (an object such as {\"memory\": {\"limit\": 67108864}})")
-                }
+                let body = try await collect(req)
+                _ = try OCI.LinuxResources.validated(Array(body), source: "the request body")
                 try await task(c).update(resources: body)
                 return Response(status: .noContent)
             }
@@ -104,6 +76,7 @@ public struct APIServer: Sendable {
                 return Response(status: .noContent)
             }
         }
+        tasks.delete(":id") { _, c in try await handle { json(try await runtime.delete(try await task(c))) } }
 
         tasks.post(":id/execs") { req, c in try await handle { try await exec(c, req) } }
         tasks.get(":id/execs/:exec") { _, c in try await handle { json(try await processView(try await process(c))) } }
@@ -114,38 +87,43 @@ public struct APIServer: Sendable {
                 return json(try await processView(p))
             }
         }
-        tasks.post(":id/execs/:exec/kill") { req, c in
-            try await handle {
-                let body: KillRequest = try await decode(req, default: KillRequest())
-                let signal = try Signals.parse(body.signal?.text ?? "TERM")
-                try await process(c).kill(signal: UInt32(signal), all: false)
-                return Response(status: .noContent)
-            }
-        }
-        tasks.post(":id/execs/:exec/wait") { _, c in try await handle { json(try await process(c).wait()) } }
-        tasks.post(":id/execs/:exec/resize") { req, c in
-            try await handle {
-                let body: ResizeRequest = try await decode(req, default: nil)
-                try await process(c).resizePty(ConsoleSize(width: body.width, height: body.height))
-                return Response(status: .noContent)
-            }
-        }
-        tasks.post(":id/execs/:exec/closeio") { _, c in
-            try await handle {
-                try await process(c).closeIO()
-                return Response(status: .noContent)
-            }
-        }
         tasks.delete(":id/execs/:exec") { _, c in
             try await handle {
-                guard let execID = c.parameters.get("exec") else { throw RuntimeError(.invalidArgument, "no exec ID in the path") }
+                let execID = try execID(c)
                 return json(try await task(c).deleteProcess(id: execID))
             }
         }
-        tasks.delete(":id") { _, c in
-            try await handle {
-                let t = try await task(c)
-                return json(try await runtime.delete(t))
+
+        // What a task's init and an exec'd process both answer, registered once.
+        typealias Resolve = @Sendable (BasicRequestContext) async throws -> (any RuntimeProcess, Bool)
+        let routes: [(String, Resolve)] = [(":id", { c in (try await task(c), true) }),
+                                           (":id/execs/:exec", { c in (try await process(c), false) })]
+        for (prefix, resolve) in routes {
+            tasks.post("\(prefix)/kill") { req, c in
+                try await handle {
+                    let body: KillRequest = try await decode(req, default: KillRequest())
+                    let signal = try Signals.parse(body.signal?.text ?? "TERM")
+                    let (p, isTask) = try await resolve(c)
+                    try await p.kill(signal: UInt32(signal), all: isTask && (body.all ?? false))
+                    return Response(status: .noContent)
+                }
+            }
+            tasks.post("\(prefix)/wait") { _, c in try await handle { json(try await resolve(c).0.wait()) } }
+            tasks.post("\(prefix)/resize") { req, c in
+                try await handle {
+                    let body: ResizeRequest = try await decode(req, default: nil)
+                    guard (1...UInt32(UInt16.max)).contains(body.width), (1...UInt32(UInt16.max)).contains(body.height) else {
+                        throw RuntimeError(.invalidArgument, "console size \(body.width)x\(body.height) is out of range: width and height are 1 to 65535")
+                    }
+                    try await resolve(c).0.resizePty(ConsoleSize(width: body.width, height: body.height))
+                    return Response(status: .noContent)
+                }
+            }
+            tasks.post("\(prefix)/closeio") { _, c in
+                try await handle {
+                    try await resolve(c).0.closeIO()
+                    return Response(status: .noContent)
+                }
             }
         }
         return router
@@ -153,30 +131,30 @@ public struct APIServer: Sendable {
 
     // MARK: - handlers
 
-    private func list(_ namespace: String) async throws -> Response {
-        var out: [TaskView] = []
-        for t in try await runtime.tasks(namespace: namespace) {
-            // A task deleted while we list is simply left out.
-            if let v = try? await taskView(t) { out.append(v) }
-        }
-        return json(out)
+    /// From the manager's own records: a listing answers at once, whatever
+    /// the shims do (a stopped shim slows only calls about its own task).
+    private func list(_ namespace: String) throws -> Response {
+        json(try runtime.recordedTasks(namespace: namespace).map { t in taskView(t, t.recordedState()) })
     }
 
     private func create(_ namespace: String, _ req: Request) async throws -> Response {
         let body: CreateTaskRequest = try await decode(req, default: nil)
         try Identifier.validate(namespace, kind: "namespace")
         try Identifier.validate(body.id, kind: "task ID")
+        let runtime = self.runtime
         let io = body.fifos.map { runtime.fifoIO(namespace: namespace, id: body.id, stdin: $0.stdin ?? false, terminal: $0.terminal ?? false) }
             ?? body.io ?? IO()
         var opts: CreateOpts
         if let spec = body.spec {
-            opts = CreateOpts(spec: try APIJSON.encoder.encode(spec), io: io)
+            opts = CreateOpts(spec: Data(SpecCheck.encode(spec)), io: io)
         } else {
             let source: RootfsSource = if let b = body.bundle { .bundle(b) } else if let r = body.rootfs { .directory(r) } else { .embedded }
             let process = body.args.map { SpecBuilder.Process(args: $0, env: body.env ?? [], cwd: body.cwd ?? "/") }
-            let r = body.resources ?? ResourcesRequest()
-            opts = try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io,
-                                             resources: SpecBuilder.Resources(memoryLimit: r.memory, cpus: r.cpus, pidsLimit: r.pidsLimit))
+            let limits = body.resources ?? ResourceLimits()
+            // A bundle's files are read off the threads that serve requests.
+            opts = try await runtime.onDisk {
+                try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io, resources: limits)
+            }
         }
         if let checkpoint = body.checkpoint { opts.checkpoint = checkpoint }
         if let log = body.log {
@@ -203,10 +181,14 @@ public struct APIServer: Sendable {
         return json(try await processView(p), status: .created)
     }
 
-    private func process(_ c: BasicRequestContext) async throws -> any RuntimeProcess {
+    private func execID(_ c: BasicRequestContext) throws -> String {
         guard let execID = c.parameters.get("exec") else { throw RuntimeError(.invalidArgument, "no exec ID in the path") }
         try Identifier.validate(execID, kind: "exec ID")
-        return try await task(c).process(id: execID)
+        return execID
+    }
+
+    private func process(_ c: BasicRequestContext) async throws -> any RuntimeProcess {
+        try await task(c).process(id: try execID(c))
     }
 
     private func processView(_ p: any RuntimeProcess) async throws -> ProcessView {
@@ -217,7 +199,10 @@ public struct APIServer: Sendable {
     }
 
     private func taskView(_ t: any RuntimeTask) async throws -> TaskView {
-        let s = try await t.state()
+        taskView(t, try await t.state())
+    }
+
+    private func taskView(_ t: any RuntimeTask, _ s: TetherRuntime.State) -> TaskView {
         let shim = t as? ShimTask
         return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit,
                         exitReason: shim?.exitReason, io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
@@ -227,6 +212,11 @@ public struct APIServer: Sendable {
     private func task(_ c: BasicRequestContext) async throws -> any RuntimeTask {
         guard let id = c.parameters.get("id") else { throw RuntimeError(.invalidArgument, "no task ID in the path") }
         return try await runtime.get(namespace: try ns(c), id: id)
+    }
+
+    private func shimTask(_ c: BasicRequestContext) async throws -> ShimTask {
+        guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
+        return t
     }
 
     private func ns(_ c: BasicRequestContext) throws -> String {
@@ -262,13 +252,22 @@ public struct APIServer: Sendable {
 
     // MARK: - JSON in and out
 
-    private func decode<T: Decodable>(_ req: Request, default value: T?) async throws -> T {
-        let buffer = try await req.body.collect(upTo: 4 << 20)
-        if buffer.readableBytes == 0, let value { return value }
+    /// The body, at most `maxBody` bytes.
+    private func collect(_ req: Request) async throws -> Data {
         do {
-            return try APIJSON.decoder.decode(T.self, from: Data(buffer.readableBytesView))
+            return Data(try await req.body.collect(upTo: Self.maxBody).readableBytesView)
+        } catch is NIOTooManyBytesError {
+            throw RuntimeError.bodyTooLarge(Self.maxBody)
+        }
+    }
+
+    private func decode<T: Decodable>(_ req: Request, default value: T?) async throws -> T {
+        let body = try await collect(req)
+        if body.isEmpty, let value { return value }
+        do {
+            return try APIJSON.decoder.decode(T.self, from: body)
         } catch {
-            throw RuntimeError(.invalidArgument, "request body is not valid \(T.self) JSON: \(describe(error))")
+            throw RuntimeError(.invalidArgument, "request body is not valid \(T.self) JSON: \(describeDecodingError(error))")
         }
     }
 
@@ -283,19 +282,54 @@ public struct APIServer: Sendable {
             return errorResponse(RuntimeError(.internal, "\(error)"))
         }
     }
+}
 
-    private func errorResponse(_ e: RuntimeError) -> Response {
-        let status: HTTPResponse.Status = switch e.code {
-        case .invalidArgument: .badRequest
-        case .containerDoesNotExist: .notFound
-        case .containerExists, .processAlreadyExited, .failedPrecondition: .conflict
-        case .runtimeDoesNotExist: .init(code: 424, reasonPhrase: "Failed Dependency")
-        case .notImplemented: .notImplemented
-        case .unavailable: .serviceUnavailable
-        case .internal: .internalServerError
-        }
-        return json(ErrorBody(code: e.code.rawValue, message: e.message), status: status)
+extension RuntimeError {
+    static func bodyTooLarge(_ limit: Int) -> RuntimeError {
+        RuntimeError(.tooLarge, "the request body is larger than \(limit) bytes, the most tetherd takes")
     }
+}
+
+/// Every answer that is not a handler's own, in the documented error shape:
+/// an unknown route (404), a body over the limit (413), anything Hummingbird
+/// itself throws.
+struct ErrorShape: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as RuntimeError {
+            return errorResponse(e)
+        } catch is NIOTooManyBytesError {
+            return errorResponse(.bodyTooLarge(APIServer.maxBody))
+        } catch let e as HTTPResponseError {
+            if e.status == .notFound {
+                return errorResponse(RuntimeError(.notFound, "no such endpoint: \(request.method) \(request.uri.path) (docs/api.md lists them)"))
+            }
+            let error = RuntimeError(.invalidArgument, "\(e.status.code) \(e.status.reasonPhrase): \((e as? HTTPError)?.body ?? "the request was refused")")
+            return json(ErrorBody(code: error.code.rawValue, message: error.message), status: e.status)
+        } catch {
+            logger.error("request failed: \(error)")
+            return errorResponse(RuntimeError(.internal, "\(error)"))
+        }
+    }
+}
+
+func errorResponse(_ e: RuntimeError) -> Response {
+    let status: HTTPResponse.Status = switch e.code {
+    case .invalidArgument: .badRequest
+    case .containerDoesNotExist, .notFound: .notFound
+    case .containerExists, .processAlreadyExited, .failedPrecondition: .conflict
+    case .runtimeDoesNotExist: .init(code: 424, reasonPhrase: "Failed Dependency")
+    case .notImplemented: .notImplemented
+    case .unavailable: .serviceUnavailable
+    case .deadlineExceeded: .gatewayTimeout
+    case .tooLarge: .contentTooLarge
+    case .internal: .internalServerError
+    }
+    return json(ErrorBody(code: e.code.rawValue, message: e.message), status: status)
 }
 
 func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
@@ -303,14 +337,4 @@ func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Respon
     var headers = HTTPFields()
     headers[.contentType] = "application/json"
     return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: Array(data) + [0x0A])))
-}
-
-private func describe(_ error: any Error) -> String {
-    switch error {
-    case DecodingError.keyNotFound(let key, _): "missing field \"\(key.stringValue)\""
-    case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
-        "wrong type at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
-    case DecodingError.dataCorrupted(let ctx): ctx.debugDescription
-    default: "\(error)"
-    }
 }

@@ -8,14 +8,28 @@ import TetherSys
 /// (`--console-socket`) and sends the pty master with SCM_RIGHTS. A unix
 /// connection is complete once the runtime's connect returns, so the shim
 /// accepts and receives after the runtime has exited: no thread needed.
+///
+/// The socket lives in a new 0700 directory under /tmp (as containerd's
+/// does), not in the bundle: the runtime gets the path itself, which must
+/// fit sun_path (107 bytes) whatever the length of the task's ID.
 struct ConsoleSocket: Sendable {
     let path: String
+    private let dir: String
     private let listener: FD
 
-    init(path: String) throws(SysError) {
-        self.path = path
-        unlink(path)
-        listener = try UnixSocket.listen(path, backlog: 1)
+    init() throws(SysError) {
+        var template = Array("/tmp/tether-pty-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SysError.last("mkdtemp", "/tmp/tether-pty-XXXXXX")
+        }
+        dir = String(cString: made)
+        path = "\(dir)/pty.sock"
+        do {
+            listener = try UnixSocket.listen(path, backlog: 1)
+        } catch {
+            rmdir(dir)
+            throw error
+        }
         chmod(path, 0o600)
     }
 
@@ -27,11 +41,12 @@ struct ConsoleSocket: Sendable {
         var fd: Int32 = -1
         _ = try check(tether_recv_fd(conn.raw, &buf, buf.count, &fd), "recvmsg", path)
         guard fd >= 0 else { throw SysError("recvmsg", errno: EBADMSG, "\(path) (no pty master in the message)") }
-        return FD(fd)
+        return FD(fd, label: "the pty master")
     }
 
     func remove() {
         listener.close()
         unlink(path)
+        rmdir(dir)
     }
 }

@@ -20,12 +20,13 @@ final class LogWriter: Sendable {
     let maxSize: Int
     private let state: Mutex<State>
 
-    init(path: String, maxSize: Int) throws(SysError) {
+    /// Opens (or creates) the log: never through a symlink, never anything
+    /// but a regular file (a FIFO there is refused, not waited on).
+    init(path: String, maxSize: UInt64) throws(SysError) {
         self.path = path
-        self.maxSize = maxSize
-        let fd = try FD.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o640)
-        var st = stat()
-        fstat(fd.raw, &st)
+        self.maxSize = Int(clamping: maxSize)
+        let fd = try Files.openRegular(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o640)
+        let st = try fd.status()
         state = Mutex(State(fd: fd, size: Int(st.st_size)))
     }
 
@@ -47,10 +48,15 @@ final class LogWriter: Sendable {
         }
     }
 
+    /// PATH becomes PATH.1 and a new PATH is made: created exclusively, so
+    /// a link someone put there meanwhile is never written through.
     private func rotate(_ s: inout State) {
         if rename(path, path + ".1") != 0 { ShimLog.warn("log rotation of \(path): \(SysError.last("rename").message)") }
-        if let fd = try? FD.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, mode: 0o640) {
-            s.fd = fd
+        do {
+            s.fd = try Files.openRegular(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND, mode: 0o640)
+            s.size = 0
+        } catch {
+            ShimLog.warn("log rotation of \(path): \(error); writing on to \(path).1")
             s.size = 0
         }
     }

@@ -103,7 +103,7 @@ struct OCIRuntime: Sendable {
             throw RPCError(.failedPrecondition, "cannot run the OCI runtime \(binary): \(e.message)")
         }
         guard code == 0 else {
-            let why = lastError(after: logOffset) ?? "exit status \(code), and no error in \(logPath)"
+            let why = lastError(after: logOffset) ?? "exit status \(code), and no error in \(logPath)\(Self.fullDisk(logPath))"
             throw RPCError(.unknown, "\(Files.basename(binary)) \(args[0]) failed: \(why)")
         }
     }
@@ -120,6 +120,15 @@ struct OCIRuntime: Sendable {
             return msg
         }
         return nil
+    }
+
+    /// "; its filesystem is full (No space left on device)" when the
+    /// filesystem holding `path` has no room left: a runtime that could not
+    /// write its log cannot say so itself.
+    static func fullDisk(_ path: String) -> String {
+        var s = statvfs()
+        guard statvfs(Files.dirname(path), &s) == 0, s.f_bavail < 4 || s.f_favail == 0 else { return "" }
+        return "; the filesystem holding \(Files.dirname(path)) is full (No space left on device)"
     }
 
     static func size(of path: String) -> Int {

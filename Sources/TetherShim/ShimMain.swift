@@ -80,8 +80,13 @@ public enum ShimMain {
         ShimLog.info("serving task \(options.namespace)/\(options.id) on \(options.socketPath) (runtime \(binary))")
 
         if options.readyFD >= 0 {
-            let ready = FD(options.readyFD)
-            try? ready.writeAll(Array("ready\n".utf8))
+            let ready = FD(options.readyFD, label: "the ready pipe")
+            do { try ready.writeAll(Array("ready\n".utf8)) } catch {
+                // The manager that started us is gone before we were ready:
+                // its create failed, and nobody would ever stop us.
+                ShimLog.error("nobody reads \(error.subject ?? "the ready pipe") (\(error.message)): the manager that started this shim is gone; exiting")
+                exitCleanly(options)
+            }
             ready.close()
         }
     }

@@ -34,6 +34,9 @@ final class StdioRelay: Sendable {
         /// Sees every chunk before it is written on (the task's log file).
         let tap: LogTap?
         var useSplice: Bool
+        /// A regular file or a device cannot be in an epoll set: it is always
+        /// ready, so it is read until its destination is full or it ends.
+        var srcPollable = true
         var dstPollable = true
         var waitingForDst = false
         var closeWhenDrained = false
@@ -133,7 +136,9 @@ final class StdioRelay: Sendable {
                 _ = tether_set_nonblock(s.dst.raw, 1)
                 streams[id] = s
                 let rc = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
-                if rc < 0 {
+                if rc == -EPERM {
+                    s.srcPollable = false  // a regular file or a device: always readable
+                } else if rc < 0 {
                     ShimLog.error("stdio: cannot watch \(s.src): \(SysError("epoll_ctl", errno: -rc))")
                     finish(id, s, &streams)
                     continue
@@ -157,13 +162,22 @@ final class StdioRelay: Sendable {
     private func pump(_ id: StreamID, _ s: Stream, _ streams: inout [StreamID: Stream]) {
         var moved = 0
         var outcome = Outcome.srcEmpty
-        while moved < 16 << 20 {  // then yield to the other streams; epoll is level-triggered
+        while true {
+            if moved >= 16 << 20 {
+                // Yield to the other streams; epoll is level-triggered and
+                // brings us back. A source epoll cannot watch comes back
+                // through its destination's readiness instead.
+                if !s.srcPollable { outcome = .dstFull }
+                break
+            }
             let n = s.useSplice ? splice(s) : copy(s)
             if n > 0 { moved += n; continue }
             // A pty master reads EIO once every slave fd is closed: its end of file.
             if n == 0 || n == -Int(EIO) { outcome = .eof; break }
             if n == -Int(EAGAIN) {
-                outcome = (s.dstPollable && !writable(s.dst.raw)) || s.hasPending ? .dstFull : .srcEmpty
+                // A source epoll cannot watch is never empty (it ends with 0):
+                // EAGAIN is its destination being full, even if it has room again by now.
+                outcome = !s.srcPollable || (s.dstPollable && !writable(s.dst.raw)) || s.hasPending ? .dstFull : .srcEmpty
                 break
             }
             if n == -Int(EINVAL) && s.useSplice { s.useSplice = false; continue }
@@ -174,7 +188,7 @@ final class StdioRelay: Sendable {
         switch outcome {
         case .eof, .failed:
             finish(id, s, &streams)
-        case .srcEmpty where s.closeWhenDrained:
+        case .srcEmpty where s.closeWhenDrained || !s.srcPollable:
             finish(id, s, &streams)
         case .srcEmpty:
             if s.waitingForDst { waitFor(dst: false, id, s) }
@@ -189,10 +203,12 @@ final class StdioRelay: Sendable {
     private func waitFor(dst: Bool, _ id: StreamID, _ s: Stream) {
         s.waitingForDst = dst
         blocked.withLock { if dst { $0.insert(id) } else { $0.remove(id) } }
-        if dst {
-            _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0)
-        } else {
-            _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
+        if s.srcPollable {
+            if dst {
+                _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0)
+            } else {
+                _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
+            }
         }
         if s.dstPollable {
             _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_MOD), s.dst.raw, dst ? UInt32(TETHER_EPOLLOUT) : 0, id << 1 | 1)
@@ -236,7 +252,7 @@ final class StdioRelay: Sendable {
     }
 
     private func finish(_ id: StreamID, _ s: Stream, _ streams: inout [StreamID: Stream], notify: Bool = true) {
-        if !s.waitingForDst { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0) }
+        if !s.waitingForDst && s.srcPollable { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0) }
         if s.dstPollable { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.dst.raw, 0, 0) }
         s.src.close()
         s.dst.close()

@@ -86,9 +86,9 @@ final class TaskService: Sendable {
         defer { reaper.doneExpecting() }
         do {
             let log = try createOptions(r.options).map { o throws(SysError) in
-                try LogWriter(path: o.logPath, maxSize: Int(o.logMaxSize))
+                try LogWriter(path: o.logPath, maxSize: o.logMaxSize)
             }
-            mounted = try Mounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
+            mounted = try RootfsMounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
             let files = try ProcessStdio.openPaths(io, log: log)
             if !r.checkpoint.isEmpty {
                 // Restored at Start, as containerd does: nothing runs until then.
@@ -104,7 +104,7 @@ final class TaskService: Sendable {
                 ShimLog.info("created task \(options.id) from checkpoint \(r.checkpoint); restored at start")
                 return Containerd_Task_V2_CreateTaskResponse()
             }
-            if io.terminal { console = try ConsoleSocket(path: "\(bundle)/console.sock") }
+            if io.terminal { console = try ConsoleSocket() }
             else { stdio = try ProcessStdio.pipes(files, relay: relay) { process.outputFinished() } }
             unlink(options.initPidFile)
             try await runtime.create(id: options.id, bundle: bundle, pidFile: options.initPidFile,
@@ -135,7 +135,7 @@ final class TaskService: Sendable {
                 stdio.remove(from: relay)
             }
             try? await runtime.delete(id: options.id, force: true)  // whatever the runtime left half made
-            Mounts.unmountAll(mounted)
+            if !mounted.isEmpty { RootfsMounts.unmountAll(under: "\(bundle)/rootfs") }
             state.withLock { $0 = State() }
             if let e = error as? SysError { throw RPCError(.failedPrecondition, e.description) }
             throw error
@@ -220,7 +220,7 @@ final class TaskService: Sendable {
         reaper.expectingChildren()
         defer { reaper.doneExpecting() }
         do {
-            if process.io.terminal { console = try ConsoleSocket(path: "\(options.bundle)/console.sock") }
+            if process.io.terminal { console = try ConsoleSocket() }
             else { stdio = try ProcessStdio.pipes(restore.files, relay: relay) { process.outputFinished() } }
             unlink(options.initPidFile)
             try Files.makeDirectories("\(options.bundle)/criu")
@@ -255,7 +255,7 @@ final class TaskService: Sendable {
         do {
             let files = try ProcessStdio.openPaths(process.io, log: nil)
             if process.io.terminal {
-                console = try ConsoleSocket(path: "\(options.bundle)/execs/\(execID).sock")
+                console = try ConsoleSocket()
                 if let size = process.pendingSize {
                     // runc exec starts the process at once: a size set after it
                     // returns would come too late, so the runtime gets it in the spec.
@@ -565,12 +565,12 @@ final class TaskService: Sendable {
             }
         }
         for p in all { p.releaseStdio(relay: relay); p.set(phase: .deleted) }
-        let mounts = state.withLock { s in
+        let (mounts, bundle) = state.withLock { s in
             s.phase = .deleted
             defer { s.mounts = [] }
-            return s.mounts
+            return (s.mounts, s.bundle)
         }
-        Mounts.unmountAll(mounts)
+        if !mounts.isEmpty { RootfsMounts.unmountAll(under: "\(bundle)/rootfs") }
         unlink(options.initPidFile)
         try? Files.removeTree("\(options.bundle)/execs")
         ShimLog.info("deleted container \(options.id) (exit status \(exit.code))")

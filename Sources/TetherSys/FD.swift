@@ -9,9 +9,14 @@ import Synchronization
 /// Hand it to someone else with `take()`, which leaves this object empty.
 public final class FD: Sendable, CustomStringConvertible {
     private let fd: Mutex<Int32>
+    /// What the fd is (the path it was opened at): errors on it name this.
+    public let label: String?
 
     /// Takes ownership of `raw`.
-    public init(_ raw: Int32) { fd = Mutex(raw) }
+    public init(_ raw: Int32, label: String? = nil) {
+        fd = Mutex(raw)
+        self.label = label
+    }
 
     deinit { let raw = fd.withLock { $0 }; if raw >= 0 { Glibc.close(raw) } }
 
@@ -23,19 +28,22 @@ public final class FD: Sendable, CustomStringConvertible {
         fd.withLock { v in let r = v; v = -1; return r }
     }
 
+    /// The same descriptor under another label (this object is left empty).
+    public func relabeled(_ label: String) -> FD { FD(take(), label: label) }
+
     /// Closes now; later calls do nothing.
     public func close() {
         let r = take()
         if r >= 0 { Glibc.close(r) }
     }
 
-    public var description: String { "fd \(raw)" }
+    public var description: String { label.map { "\($0) (fd \(raw))" } ?? "fd \(raw)" }
 
     // MARK: - opening
 
     public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(SysError) -> FD {
         let raw = try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
-        return FD(raw)
+        return FD(raw, label: path)
     }
 
     /// A pipe: (read end, write end), both close-on-exec.
@@ -74,16 +82,16 @@ public final class FD: Sendable, CustomStringConvertible {
     }
 
     /// Writes all of `bytes`, retrying short writes and EINTR. Blocking fds only.
-    public func writeAll(_ bytes: [UInt8]) throws(SysError) { try Self.writeAll(to: raw, bytes) }
+    public func writeAll(_ bytes: [UInt8]) throws(SysError) { try Self.writeAll(to: raw, bytes, subject: label) }
 
     /// The same to an fd this process does not own as an FD (its stdout, say).
-    public static func writeAll(to fd: Int32, _ bytes: [UInt8]) throws(SysError) {
+    public static func writeAll(to fd: Int32, _ bytes: [UInt8], subject: String? = nil) throws(SysError) {
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeBytes { b in Glibc.write(fd, b.baseAddress! + off, b.count - off) }
             if n < 0 {
                 if Glibc.errno == EINTR { continue }
-                throw SysError.last("write")
+                throw SysError.last("write", subject)
             }
             off += n
         }
@@ -98,19 +106,26 @@ public final class FD: Sendable, CustomStringConvertible {
                 buf.removeLast(count - n)
                 return buf
             }
-            if Glibc.errno != EINTR { throw SysError.last("read") }
+            if Glibc.errno != EINTR { throw SysError.last("read", label) }
         }
     }
 
-    /// Reads until end of file.
+    /// Reads until end of file, at most `limit` bytes (what lies beyond is not read).
     public func readToEnd(limit: Int = 16 << 20) throws(SysError) -> [UInt8] {
         var out: [UInt8] = []
         while out.count < limit {
-            let chunk = try read(upTo: 65536)
+            let chunk = try read(upTo: min(65536, limit - out.count))
             if chunk.isEmpty { break }
             out += chunk
         }
         return out
+    }
+
+    /// fstat(2).
+    public func status() throws(SysError) -> stat {
+        var st = stat()
+        _ = try retrying("fstat", label) { fstat(raw, &st) }
+        return st
     }
 
     public func setNonBlocking(_ on: Bool = true) throws(SysError) {

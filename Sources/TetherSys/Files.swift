@@ -12,19 +12,20 @@ public enum Files {
 
     /// Writes `bytes` to `path` atomically: a temp file in the same directory,
     /// fsync, rename over `path`, fsync of the directory. A reader sees the old
-    /// content or the new, never a torn file, even across a crash.
+    /// content or the new, never a torn file, even across a crash. Errors name
+    /// `path` (a full disk says which file it could not write).
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SysError) {
         let dir = dirname(path)
         let tmp = "\(path).tmp-\(getpid())-\(tmpCounter.wrappingAdd(1, ordering: .relaxed).oldValue)"
         do {
-            let fd = try FD.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: mode)
+            let fd = try FD.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode)
             try fd.writeAll(bytes)
             _ = try retrying("fsync", tmp) { fsync(fd.raw) }
             fd.close()
             _ = try retrying("rename", path) { rename(tmp, path) }
         } catch {
             unlink(tmp)
-            throw error
+            throw error.about(path)
         }
         try syncDirectory(dir)
     }
@@ -34,8 +35,54 @@ public enum Files {
         _ = try retrying("fsync", dir) { fsync(d.raw) }
     }
 
+    /// The whole of a file Tether owns (its own state files).
     public static func read(_ path: String, limit: Int = 16 << 20) throws(SysError) -> [UInt8] {
         try FD.open(path, O_RDONLY).readToEnd(limit: limit)
+    }
+
+    /// The whole of a regular file someone else named (a bundle's config.json,
+    /// a resources file): opened without blocking and without following a
+    /// symlink, checked to be a regular file, and read only up to `limit`
+    /// bytes. A FIFO, a device or a directory there gets an error, never a
+    /// hang; so does a file larger than `limit`.
+    public static func readRegular(_ path: String, limit: Int = 16 << 20) throws(SysError) -> [UInt8] {
+        let fd = try openRegular(path, O_RDONLY)
+        let bytes = try fd.readToEnd(limit: limit + 1)
+        if bytes.count > limit {
+            throw SysError("read", errno: EFBIG, path, explanation: "larger than \(limit) bytes")
+        }
+        return bytes
+    }
+
+    /// Opens `path` with `flags` plus O_NONBLOCK and O_NOFOLLOW, requires a
+    /// regular file (O_CREAT makes one), then makes the fd blocking again.
+    public static func openRegular(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws(SysError) -> FD {
+        let fd: FD
+        do {
+            fd = try FD.open(path, flags | O_NONBLOCK | O_NOFOLLOW, mode: mode)
+        } catch where error.errno == ELOOP {
+            throw SysError("open", errno: ELOOP, path, explanation: "a symbolic link, which is not followed here: name the file itself")
+        }
+        let st = try fd.status()
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw SysError("open", errno: EINVAL, path, explanation: "\(describe(st.st_mode)), not a regular file")
+        }
+        try fd.setNonBlocking(false)
+        return fd
+    }
+
+    /// "a FIFO", "a directory", … for an st_mode.
+    public static func describe(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        case S_IFLNK: "a symbolic link"
+        default: "an unknown kind of file"
+        }
     }
 
     public static func readString(_ path: String) throws(SysError) -> String {
@@ -52,6 +99,36 @@ public enum Files {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// A directory of Tether's own with exactly `mode` and owned by root:
+    /// made (with its parents, as makeDirectories) when missing; when present,
+    /// its mode is set (an install from an older version is fixed). A symlink
+    /// there is refused: Tether never follows one into its own state.
+    public static func ensureDirectory(_ path: String, mode: mode_t) throws(SysError) {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            guard Glibc.errno == ENOENT else { throw SysError.last("lstat", path) }
+            try makeDirectories(path, mode: mode)
+            return
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw SysError("mkdir", errno: ENOTDIR, path, explanation: "\(describe(st.st_mode)) is there, not a directory")
+        }
+        if st.st_mode & 0o7777 != mode { _ = try retrying("chmod", path) { chmod(path, mode) } }
+        if st.st_uid != geteuid() { _ = try retrying("chown", path) { chown(path, geteuid(), st.st_gid) } }
+    }
+
+    /// realpath(3): the path with every symlink, "." and ".." resolved.
+    public static func realPath(_ path: String) throws(SysError) -> String {
+        guard let p = realpath(path, nil) else { throw SysError.last("realpath", path) }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// Is `path` at or below `dir`? Both are taken as they are (resolve them first).
+    public static func isWithin(_ path: String, _ dir: String) -> Bool {
+        dir == "/" || path == dir || path.hasPrefix(dir.hasSuffix("/") ? dir : dir + "/")
+    }
+
     /// mkdir -p, giving every directory it creates `mode`.
     public static func makeDirectories(_ path: String, mode: mode_t = 0o700) throws(SysError) {
         if isDirectory(path) { return }
@@ -66,7 +143,7 @@ public enum Files {
     /// (A bind mount of the same filesystem has the same st_dev, so the mount
     /// table is checked first; st_dev is checked again on the way down.)
     public static func removeTree(_ path: String) throws(SysError) {
-        if let m = mounts(under: path).first {
+        if let m = Mounts.targets(under: path).first {
             throw SysError("remove", errno: EBUSY, "\(path) (\(m) is mounted)")
         }
         var st = stat()
@@ -143,37 +220,5 @@ public enum Files {
     public static func basename(_ path: String) -> String {
         guard let i = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: i)...])
-    }
-
-    /// Mount targets at or below `prefix`, deepest first (the order to unmount them in).
-    public static func mounts(under prefix: String) -> [String] {
-        guard let info = try? readString("/proc/self/mountinfo") else { return [] }
-        var out: [String] = []
-        for line in info.split(separator: "\n") {
-            let fields = line.split(separator: " ", maxSplits: 5)
-            guard fields.count > 4 else { continue }
-            let target = unescapeMountPath(String(fields[4]))
-            if target == prefix || target.hasPrefix(prefix + "/") { out.append(target) }
-        }
-        return out.sorted { $0.count > $1.count }
-    }
-
-    /// mountinfo escapes space, tab, newline and backslash as \ooo.
-    static func unescapeMountPath(_ s: String) -> String {
-        guard s.contains("\\") else { return s }
-        var out: [UInt8] = []
-        let b = Array(s.utf8)
-        var i = 0
-        while i < b.count {
-            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-               let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(v)
-                i += 4
-            } else {
-                out.append(b[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }

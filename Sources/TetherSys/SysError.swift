@@ -11,11 +11,15 @@ public struct SysError: Error, CustomStringConvertible, Sendable, Equatable {
     public let call: String
     public let errno: Int32
     public let subject: String?
+    /// Replaces strerror's text when the errno alone would mislead
+    /// ("a FIFO, not a regular file" rather than "Invalid argument").
+    public let explanation: String?
 
-    public init(_ call: String, errno: Int32, _ subject: String? = nil) {
+    public init(_ call: String, errno: Int32, _ subject: String? = nil, explanation: String? = nil) {
         self.call = call
         self.errno = errno
         self.subject = subject
+        self.explanation = explanation
     }
 
     /// A SysError from the calling thread's errno.
@@ -23,7 +27,12 @@ public struct SysError: Error, CustomStringConvertible, Sendable, Equatable {
         SysError(call, errno: Glibc.errno, subject)
     }
 
-    public var message: String { String(cString: strerror(errno)) }
+    public var message: String { explanation ?? String(cString: strerror(errno)) }
+
+    /// The same error about another subject (a temp file's error told about the file it stands for).
+    public func about(_ subject: String) -> SysError {
+        SysError(call, errno: errno, subject, explanation: explanation)
+    }
 
     public var description: String {
         if let subject { return "\(call) \(subject): \(message)" }

@@ -11,8 +11,12 @@ public enum UnixSocket {
         try viaShortPath(path) { (p) throws(SysError) in FD(try check(tether_unix_listen(p, backlog), "listen", path)) }
     }
 
-    public static func connect(_ path: String) throws(SysError) -> FD {
-        try viaShortPath(path) { (p) throws(SysError) in FD(try check(tether_unix_connect(p), "connect", path)) }
+    /// Connects to the socket at `path`. With `timeoutMs`, neither the connect
+    /// nor a later read or write waits longer than that (EAGAIN instead).
+    public static func connect(_ path: String, timeoutMs: Int32 = 0) throws(SysError) -> FD {
+        try viaShortPath(path) { (p) throws(SysError) in
+            FD(try check(tether_unix_connect(p, timeoutMs), "connect", path), label: path)
+        }
     }
 
     /// The uid and pid of the process at the other end.

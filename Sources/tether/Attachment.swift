@@ -22,10 +22,19 @@ final class Attachment: @unchecked Sendable {
     let detached = DispatchSemaphore(value: 0)
 
     /// Opens the output FIFOs (non-blocking: the open never waits; poll does).
+    /// One client at a time: two readers of one FIFO would each get part of
+    /// the output, so the first holds a lock on it (flock, released when it
+    /// goes away) and a second is refused.
     init(_ io: IO) throws {
         self.io = io
         out = io.stdout.isEmpty ? nil : try FD.open(io.stdout, O_RDONLY | O_NONBLOCK)
         err = io.stderr.isEmpty ? nil : try FD.open(io.stderr, O_RDONLY | O_NONBLOCK)
+        if let first = out ?? err, flock(first.raw, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EWOULDBLOCK {
+                throw UsageError("another client is attached to this process's output (a 'tether run' or 'tether attach'): detach it first, with ctrl-p ctrl-q or by ending it")
+            }
+            throw SysError.last("flock", first.label)
+        }
     }
 
     /// Starts copying output, and stdin when `stdin` is set. `closeIO` runs
@@ -42,7 +51,14 @@ final class Attachment: @unchecked Sendable {
             }
         }
         guard stdin, !io.stdin.isEmpty else { return }
-        let fifo = try FD.open(io.stdin, O_WRONLY)  // the shim holds the read end: never blocks
+        // Non-blocking: the shim holds the read end while the process lives;
+        // once it is gone (a process that exits at once), ENXIO, not a hang.
+        let fifo: FD
+        do { fifo = try FD.open(io.stdin, O_WRONLY | O_NONBLOCK) } catch {
+            if error.errno == ENXIO { return }
+            throw error
+        }
+        try fifo.setNonBlocking(false)
         let terminal = io.terminal
         OSThread.start("copy-stdin") { [detached] in
             let detachedByKeys = Self.copyIn(to: fifo, watchDetachKeys: terminal)

@@ -7,6 +7,7 @@ import Foundation
 #endif
 import Glibc
 import TetherAPI
+import TetherOCI
 import TetherClient
 import TetherRuntime
 import TetherSys
@@ -43,39 +44,27 @@ struct Pids: ParsableCommand {
 
 /// --memory, --cpus, --pids-limit: for run, create and update.
 struct ResourceOptions: ParsableArguments {
-    @Option(help: "Memory limit (bytes, or with K, M, G).") var memory: String?
+    @Option(help: "Memory limit (bytes, or with K, M, G, T).") var memory: String?
     @Option(help: "CPU limit as a number of CPUs, e.g. 0.5.") var cpus: Double?
     @Option(help: "Most processes the task may have.") var pidsLimit: Int64?
 
-    func request() throws -> ResourcesRequest? {
-        var r = ResourcesRequest()
+    /// The limits asked for, range-checked (nil when none was asked for).
+    func request() throws -> ResourceLimits? {
+        var r = ResourceLimits()
         if let memory {
-            guard let n = parseSize(memory), n > 0 else { throw UsageError("--memory \(memory) is not a size (e.g. 64M)") }
-            r.memory = Int64(n)
+            guard let n = parseSize(memory) else { throw UsageError("--memory \(memory) is not a size (e.g. 64M)") }
+            r.memory = n
         }
-        if let cpus {
-            guard cpus > 0 else { throw UsageError("--cpus must be above 0") }
-            r.cpus = cpus
-        }
-        if let pidsLimit {
-            guard pidsLimit > 0 else { throw UsageError("--pids-limit must be above 0") }
-            r.pidsLimit = pidsLimit
-        }
-        return r == ResourcesRequest() ? nil : r
+        r.cpus = cpus
+        r.pidsLimit = pidsLimit
+        do { try r.validate() } catch { throw UsageError(error.message) }
+        return r.isEmpty ? nil : r
     }
 
     /// As OCI LinuxResources JSON.
     func linuxResources() throws -> Data? {
         guard let r = try request() else { return nil }
-        struct Limit: Encodable { var limit: Int64 }
-        struct CPU: Encodable { var quota: Int64; var period: UInt64 }
-        struct LinuxResources: Encodable { var memory: Limit?; var cpu: CPU?; var pids: Limit? }
-        let out = LinuxResources(memory: r.memory.map { Limit(limit: $0) },
-                                 cpu: r.cpus.map { CPU(quota: Int64(($0 * 100_000).rounded()), period: 100_000) },
-                                 pids: r.pidsLimit.map { Limit(limit: $0) })
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return try encoder.encode(out)
+        return Data(SpecCheck.encode(r.linuxResources))
     }
 }
 
@@ -90,7 +79,7 @@ struct Update: ParsableCommand {
         try guarded {
             let data: Data
             if let file = resourcesFile {
-                data = Data(try Files.read(file == "-" ? "/dev/stdin" : file))
+                data = Data(file == "-" ? try FD(dup(0), label: "stdin").readToEnd(limit: 1 << 20) : try Files.readRegular(file, limit: 1 << 20))
             } else if let d = try resources.linuxResources() {
                 data = d
             } else {
@@ -148,6 +137,7 @@ struct Events: ParsableCommand {
                 // One write per event, unbuffered: a reader of a pipe sees each at once.
                 if let data = try? encoder.encode(e) { try? FD.writeAll(to: 1, Array(data) + [0x0A]) }
             }
+            printError("tether: tetherd ended the event stream (it is stopping)")
         }
     }
 }

@@ -7,6 +7,7 @@ import Foundation
 #endif
 import Glibc
 import TetherAPI
+import TetherOCI
 import TetherClient
 import TetherRuntime
 import TetherSys
@@ -52,7 +53,7 @@ struct TaskOptions: ParsableArguments {
             var max: UInt64?
             if let text = logMaxSize {
                 guard let n = parseSize(text) else { throw UsageError("--log-max-size \(text) is not a size (e.g. 10M)") }
-                max = n
+                max = UInt64(n)
             }
             logRequest = LogRequest(path: absolute(log), maxSize: max)
         }
@@ -65,11 +66,19 @@ struct TaskOptions: ParsableArguments {
 
 func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p }
 
-/// "4096", "64K", "10M", "1G".
-func parseSize(_ s: String) -> UInt64? {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-    if let last = s.uppercased().last, let unit = units[last] { return UInt64(s.dropLast()).map { $0 * unit } }
-    return UInt64(s)
+/// "4096", "64K", "10M", "1G", "2T": a byte count; nil when it is not one
+/// or does not fit in 63 bits.
+func parseSize(_ s: String) -> Int64? {
+    let units: [Character: Int64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50]
+    var digits = Substring(s)
+    var unit: Int64 = 1
+    if let last = s.uppercased().last, let u = units[last] {
+        unit = u
+        digits = digits.dropLast()
+    }
+    guard let n = Int64(digits), n >= 0 else { return nil }
+    let (v, overflow) = n.multipliedReportingOverflow(by: unit)
+    return overflow ? nil : v
 }
 
 /// What foreground `run`, `exec` and `attach` share: relay the process's

@@ -91,7 +91,10 @@ enum { TETHER_IN_MODIFY = 0x2 };
 // socket+bind+listen on a unix socket path (SOCK_STREAM, close-on-exec).
 // Returns the fd or -errno; -ENAMETOOLONG when path does not fit sun_path.
 int tether_unix_listen(const char *path, int backlog);
-int tether_unix_connect(const char *path);
+// connect(2) to a unix socket path. With timeout_ms > 0, a connect that
+// would wait longer (a listener that stopped accepting, its backlog full)
+// fails with -EAGAIN, and so do later reads and writes that wait that long.
+int tether_unix_connect(const char *path, int timeout_ms);
 int tether_accept(int fd);
 // SO_PEERCRED of a connected unix socket.
 int tether_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
@@ -99,6 +102,10 @@ int tether_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 // setresuid(2) for the calling thread only (the raw syscall; glibc's wrapper
 // changes every thread). For tests that need a peer of another uid.
 int tether_thread_setresuid(uid_t r, uid_t e, uid_t s);
+// The calling thread only becomes uid/gid with no supplementary groups
+// (raw setgroups, setresgid, setresuid: glibc's wrappers change every
+// thread). There is no way back: for a test thread that acts as another user.
+int tether_thread_become(uid_t uid, gid_t gid);
 // Receive up to len bytes and at most one fd sent with SCM_RIGHTS.
 // Returns bytes read (>=0) and *fd (-1 when none), or -errno.
 ssize_t tether_recv_fd(int sock, void *buf, size_t len, int *fd);
@@ -110,6 +117,11 @@ int tether_get_winsize(int fd, unsigned short *rows, unsigned short *cols);
 int tether_mount(const char *source, const char *target, const char *fstype,
                  unsigned long flags, const char *data);
 int tether_umount(const char *target, int flags);
+// Is path (not followed if a symlink) the root of a mount? 1 yes, 0 no,
+// -errno on failure (statx's STATX_ATTR_MOUNT_ROOT, Linux 5.8 and later:
+// right even for a directory bind-mounted onto itself, and for a path
+// whose earlier mount is hidden under a later one).
+int tether_is_mount_root(const char *path);
 
 // --- time -------------------------------------------------------------------
 

@@ -6,8 +6,10 @@ import TetherProto
 import TetherSys
 
 /// The rootfs mounts of CreateTaskRequest: made at <bundle>/rootfs before
-/// the container is created, unmounted (deepest first) at delete.
-enum Mounts {
+/// the container is created, each made private at once (TetherSys.Mounts),
+/// and taken down at delete by unmountTree, which unmounts only below the
+/// bundle.
+enum RootfsMounts {
     /// mount(8) option words that are flags; the rest go to the filesystem as data.
     private static let flagWords: [String: (set: Bool, flag: UInt)] = [
         "ro": (true, UInt(MS_RDONLY)), "rw": (false, UInt(MS_RDONLY)),
@@ -37,11 +39,12 @@ enum Mounts {
     static func mountAll(_ mounts: [Containerd_Types_Mount], rootfs: String) throws(SysError) -> [String] {
         var done: [String] = []
         for m in mounts {
-            let target = m.target.isEmpty ? rootfs : "\(rootfs)/\(m.target)"
+            let target: String
             do {
+                target = try resolve(m.target, in: rootfs)
                 try mount(m, at: target)
             } catch {
-                unmountAll(done)
+                unmountAll(under: rootfs)
                 throw error
             }
             done.insert(target, at: 0)
@@ -49,12 +52,30 @@ enum Mounts {
         return done
     }
 
+    /// The absolute target of a mount relative to the rootfs directory. A
+    /// target never leaves it: ".." is refused, and so is a symlink on the
+    /// way (a rootfs is someone else's tree, and mount(2) follows links).
+    static func resolve(_ target: String, in rootfs: String) throws(SysError) -> String {
+        let parts = target.split(separator: "/").filter { $0 != "." }
+        if parts.contains("..") {
+            throw SysError("mount", errno: EINVAL, target, explanation: "a mount target may not contain \"..\"")
+        }
+        var path = rootfs
+        for p in parts {
+            path += "/\(p)"
+            var st = stat()
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
+                throw SysError("mount", errno: ELOOP, path, explanation: "a symbolic link; mount targets are never followed through one")
+            }
+        }
+        return path
+    }
+
     static func mount(_ m: Containerd_Types_Mount, at target: String) throws(SysError) {
         try Files.makeDirectories(target, mode: 0o755)
         let (flags, data) = parse(m.options)
         let type = m.type == "bind" ? "none" : m.type
-        let rc = tether_mount(m.source, target, type, flags, data.isEmpty ? nil : data)
-        if rc < 0 { throw SysError("mount", errno: -rc, "\(m.type) \(m.source) on \(target)") }
+        try Mounts.mount(source: m.source, target: target, type: type, flags: flags, data: data.isEmpty ? nil : data)
         // A bind mount ignores MS_RDONLY until it is remounted.
         if flags & UInt(MS_BIND) != 0 && flags & UInt(MS_RDONLY) != 0 {
             let r = tether_mount("none", target, nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | (flags & UInt(MS_REC)), nil)
@@ -66,14 +87,8 @@ enum Mounts {
         ShimLog.debug("mounted \(m.type) \(m.source) on \(target) (\(m.options.joined(separator: ",")))")
     }
 
-    /// Unmounts each target; a busy one is detached (MNT_DETACH) rather than left.
-    static func unmountAll(_ targets: [String]) {
-        for t in targets {
-            var rc = tether_umount(t, 0)
-            if rc == -EBUSY { rc = tether_umount(t, Int32(MNT_DETACH)) }
-            if rc < 0 && rc != -EINVAL && rc != -ENOENT {
-                ShimLog.error("unmount \(t): \(SysError("umount", errno: -rc).message)")
-            }
-        }
+    /// Takes down everything mounted under the rootfs directory.
+    static func unmountAll(under rootfs: String) {
+        for e in Mounts.unmountTree(under: rootfs) { ShimLog.error("unmount: \(e)") }
     }
 }
