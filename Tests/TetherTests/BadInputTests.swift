@@ -24,7 +24,7 @@ struct BadInputTests {
         #expect(d.shims().count == remaining.count, "after \(args)", sourceLocation: sourceLocation)
         let bundles = (try? Files.listDirectory("\(d.state)/tasks/default")) ?? []
         #expect(bundles == remaining, "bundles after \(args)", sourceLocation: sourceLocation)
-        #expect(Files.mounts(under: d.state).count == remaining.count, "mounts after \(args)", sourceLocation: sourceLocation)
+        #expect(d.taskMounts().count == remaining.count, "mounts after \(args)", sourceLocation: sourceLocation)
     }
 
     @Test("no daemon, unknown ID, invalid ID, missing rootfs, broken spec, failing command, bad signal")

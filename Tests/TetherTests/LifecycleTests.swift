@@ -6,6 +6,7 @@ import Testing
 import TetherAPI
 import TetherClient
 import TetherManager
+import TetherOCI
 import TetherRuntime
 import TetherSys
 
@@ -22,25 +23,21 @@ func withDaemon(_ args: [String] = [], _ body: (TestDaemon) async throws -> Void
 }
 
 /// A bundle on the test rootfs (read-only) whose spec the caller can change.
-func makeBundle(in dir: String, id: String, args: [String], edit: (inout [String: Any]) -> Void = { _ in }) throws -> String {
+func makeBundle(in dir: String, id: String, args: [String], edit: (inout OCI.Spec) -> Void = { _ in }) throws -> String {
     let bundle = "\(dir)/bundle-\(id)"
     try Files.makeDirectories(bundle)
     var spec = SpecBuilder.spec(namespace: "default", id: id, process: .init(args: args), rootfs: Prerequisites.rootfs,
                                 cgroupParent: Layout(root: "", state: dir).cgroupParent)
-    var root = spec["root"] as! [String: Any]
-    root["readonly"] = true
-    spec["root"] = root
+    spec.root?.readonly = true
     edit(&spec)
-    try Files.writeAtomically("\(bundle)/config.json", Array(try JSONSerialization.data(withJSONObject: spec)))
+    try Files.writeAtomically("\(bundle)/config.json", SpecCheck.encode(spec))
     return bundle
 }
 
 /// Removes the pid namespace from a spec: the init is then an ordinary
 /// process, which (unlike a namespace's pid 1) dies of SIGTERM by default.
-func hostPidNamespace(_ spec: inout [String: Any]) {
-    var linux = spec["linux"] as! [String: Any]
-    linux["namespaces"] = (linux["namespaces"] as! [[String: String]]).filter { $0["type"] != "pid" }
-    spec["linux"] = linux
+func hostPidNamespace(_ spec: inout OCI.Spec) {
+    spec.linux?.namespaces?.removeAll { $0.type == "pid" }
 }
 
 @Suite("task lifecycle through tetherd, a shim and runc", .serialized,
@@ -83,7 +80,7 @@ struct LifecycleTests {
             // stderr stay unopened by anyone to the end.
             let view = try await api.create(CreateTaskRequest(id: "f", args: ["sh", "-c", "echo out; echo err >&2; exit 4"], io: io))
             #expect(view.status == .created && view.io == io)
-            #expect(Files.mounts(under: d.bundle("f")) == ["\(d.bundle("f"))/rootfs"])
+            #expect(Mounts.targets(under: d.bundle("f")) == ["\(d.bundle("f"))/rootfs"])
             // A reader that comes after create still gets the output.
             let out = try FD.open("\(fifos)/out", O_RDONLY | O_NONBLOCK)
             _ = try await api.start("f")
@@ -91,7 +88,7 @@ struct LifecycleTests {
             try out.setNonBlocking(false)
             #expect(try await readAll(out) == "out\n")
             #expect(try await api.delete("f").status == 4)
-            #expect(Files.mounts(under: d.state).isEmpty)
+            #expect(d.taskMounts().isEmpty)
         }
     }
 

@@ -20,7 +20,15 @@ enum Prerequisites {
         try #require(isRoot, "integration tests run containers: run them as root (scripts/test)")
         try #require(hasRunc, "runc is not installed: scripts/setup installs it")
         try #require(Files.exists("\(rootfs)/bin/sh"), "no test rootfs at \(rootfs): scripts/test builds it")
+        if inCI {
+            // As on a systemd host: a mount Tether leaks, or an unmount that
+            // propagates where it should not, shows up only with / shared.
+            try #require(rootIsShared, "/ is not a shared mount: run the suite through scripts/test (unshare --propagation shared)")
+        }
     }
+
+    /// Is `/` a shared mount (as systemd makes it)?
+    static var rootIsShared: Bool { Mounts.table().last { $0.target == "/" }?.isShared ?? false }
 
     /// The busybox rootfs scripts/test builds.
     static var rootfs: String {
@@ -124,9 +132,13 @@ final class TestDaemon: @unchecked Sendable {
     /// Test hooks: pause files here stop tetherd at named points (TestHook).
     var hooks: String { "\(dir)/hooks" }
 
+    /// The mount table outside the test's directory when the test began.
+    private let mountsBefore: [String]
+
     init(_ extraArgs: [String] = []) async throws {
         try Prerequisites.require()
         dir = try makeTempDir()
+        mountsBefore = Self.mountsOutside(dir)
         self.extraArgs = extraArgs
         try Files.makeDirectories("\(dir)/hooks")
         try Files.makeDirectories("\(root)/rootfs")
@@ -181,7 +193,20 @@ final class TestDaemon: @unchecked Sendable {
 
     /// `tether ARGS` against this daemon.
     func tether(_ args: String..., stdin: Data? = nil, timeout: TimeInterval = 60) async throws -> CLIResult {
+        try await tether(args, stdin: stdin, timeout: timeout)
+    }
+
+    func tether(_ args: [String], stdin: Data? = nil, timeout: TimeInterval = 60) async throws -> CLIResult {
         try await runProgram("\(Prerequisites.binDir)/tether", args, env: ["TETHER_ADDRESS": address], stdin: stdin, timeout: timeout)
+    }
+
+    /// SIGKILLs a task, waits for it and deletes it; the delete must succeed.
+    func killAndDelete(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        _ = try await tether("kill", "-s", "KILL", id)
+        let w = try await tether("wait", id)
+        #expect(w.status == 137, "wait \(id): \(w)", sourceLocation: sourceLocation)
+        let rm = try await tether("rm", id)
+        #expect(rm.status == 0, "rm \(id): \(rm)", sourceLocation: sourceLocation)
     }
 
     func bundle(_ id: String, namespace: String = "default") -> String { "\(state)/tasks/\(namespace)/\(id)" }
@@ -225,11 +250,24 @@ final class TestDaemon: @unchecked Sendable {
             let parts = c.split(separator: "/")
             _ = try await runProgram(Spawn.lookPath("runc")!, ["--root", "\(state)/runc/\(parts[0])", "delete", "--force", String(parts[1])])
         }
-        for m in Files.mounts(under: dir) {
+        // tetherd keeps its tasks directory a private mount of its own; nothing else may stay.
+        for m in Mounts.targets(under: dir) where m != "\(state)/tasks" {
             Issue.record("mount \(m) left behind")
-            umount2(m, Int32(MNT_DETACH))
+        }
+        Mounts.unmountTree(under: dir)
+        let after = Self.mountsOutside(dir)
+        if after != mountsBefore {
+            Issue.record("the mount table outside the test changed: gone \(Set(mountsBefore).subtracting(after).sorted()), new \(Set(after).subtracting(mountsBefore).sorted())")
         }
         try Files.removeTree(dir)
+    }
+
+    /// Mounts under the tasks directory (each task's rootfs), not the tasks directory itself.
+    func taskMounts() -> [String] { Mounts.targets(under: "\(state)/tasks").filter { $0 != "\(state)/tasks" } }
+
+    /// "id target" of every mount outside `dir`, to compare before and after a test.
+    static func mountsOutside(_ dir: String) -> [String] {
+        Mounts.table().filter { !Files.isWithin($0.target, dir) }.map { "\($0.id) \($0.target)" }
     }
 }
 
@@ -311,4 +349,35 @@ func waitForExit(_ pid: Int32, timeoutMs: Int32) -> Bool {
     var status: Int32 = 0
     _ = tether_wait_pid(pid, &status)
     return true
+}
+
+/// A program running in the background whose output a test watches as it comes.
+final class StartedProgram: @unchecked Sendable {
+    let pid: Int32
+    let out: ReadLines
+    let err: ReadLines
+
+    init(_ path: String, _ args: [String], env: [String: String] = [:]) throws {
+        let o = try FD.pipe(), e = try FD.pipe()
+        var options = Spawn.Options()
+        options.fds = [-1, o.write.raw, e.write.raw]
+        options.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }.map { "\($0)=\($1)" }
+        pid = try Spawn.spawn(path, [path] + args, options)
+        o.write.close()
+        e.write.close()
+        out = ReadLines(o.read)
+        err = ReadLines(e.read)
+    }
+
+    /// Its exit status (128+N for signal N), or -1 (and a SIGKILL) after `timeout` seconds.
+    func wait(timeout: Int32) -> Int32 {
+        let pidfd = tether_pidfd_open(pid)
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&p, 1, timeout * 1000)
+        close(pidfd)
+        if ready == 0 { kill(pid, SIGKILL) }
+        var status: Int32 = 0
+        _ = tether_wait_pid(pid, &status)
+        return ready == 0 ? -1 : tether_exit_code(status)
+    }
 }

@@ -6,6 +6,7 @@ import Foundation
 import Testing
 import TetherAPI
 import TetherManager
+import TetherOCI
 import TetherRuntime
 import TetherSys
 
@@ -92,27 +93,60 @@ struct SpecTests {
     @Test("the generated spec has the defaults runc spec and ctr run give")
     func defaults() throws {
         let data = SpecBuilder.specJSON(namespace: "default", id: "t1", process: .init(args: ["sh"], env: ["A=1", "PATH=/x"]))
-        let spec = try SpecBuilder.validate(data, source: "test")
-        let process = try #require(spec["process"] as? [String: Any])
-        #expect(process["noNewPrivileges"] as? Bool == true)
-        #expect(process["env"] as? [String] == ["A=1", "PATH=/x"])
-        let linux = try #require(spec["linux"] as? [String: Any])
-        let ns = (linux["namespaces"] as? [[String: String]])?.compactMap { $0["type"] }
-        #expect(Set(ns ?? []) == ["pid", "ipc", "uts", "mount", "network"])
-        let mounts = (spec["mounts"] as? [[String: Any]])?.compactMap { $0["destination"] as? String } ?? []
-        #expect(Set(["/proc", "/dev", "/sys"]).isSubset(of: Set(mounts)))
-        let caps = (process["capabilities"] as? [String: [String]])?["bounding"] ?? []
+        let spec = try SpecCheck.check(Array(data), source: "test").spec
+        let process = try #require(spec.process)
+        #expect(process.noNewPrivileges == true)
+        #expect(process.env == ["A=1", "PATH=/x"])
+        #expect(Set(spec.linux?.namespaces?.map(\.type) ?? []) == ["pid", "ipc", "uts", "mount", "network"])
+        #expect(Set(["/proc", "/dev", "/sys"]).isSubset(of: Set(spec.mounts?.map(\.destination) ?? [])))
+        let caps = process.capabilities?.bounding ?? []
         #expect(caps.contains("CAP_KILL") && !caps.contains("CAP_SYS_ADMIN"))
+        #expect(spec.linux?.resources?.devices == [OCI.LinuxResources.DeviceRule(allow: false, access: "rwm")])
     }
 
     @Test("broken specs are refused with what is wrong")
     func broken() {
-        #expect(throws: RuntimeError.self) { try SpecBuilder.validate(Data("{not json".utf8), source: "x") }
+        #expect(throws: RuntimeError.self) { try SpecCheck.check(Array("{not json".utf8), source: "x") }
         #expect(throws: RuntimeError(.invalidArgument, "x is not a JSON object: an OCI spec is one, see 'runc spec'")) {
-            try SpecBuilder.validate(Data("[1]".utf8), source: "x")
+            try SpecCheck.check(Array("[1]".utf8), source: "x")
         }
         #expect(throws: RuntimeError(.invalidArgument, "x has no process.args: name the command to run")) {
-            try SpecBuilder.validate(Data(#"{"root":{"path":"r"}}"#.utf8), source: "x")
+            try SpecCheck.check(Array(#"{"ociVersion":"1.0.2","root":{"path":"r"}}"#.utf8), source: "x")
+        }
+        // A number outside the type runc decodes it into is refused here, not passed on.
+        let huge = #"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":1e300,"gid":0}},"root":{"path":"r"}}"#
+        #expect(throws: RuntimeError(.invalidArgument, "x is not an OCI spec: a number out of its field's range (too large, negative or fractional where a count is expected)")) {
+            try SpecCheck.check(Array(huge.utf8), source: "x")
+        }
+        let quota = #"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"r"},"linux":{"resources":{"cpu":{"quota":1e300}}}}"#
+        #expect(throws: RuntimeError.self) { try SpecCheck.check(Array(quota.utf8), source: "x") }
+    }
+
+    @Test("a spec passes through with its numbers and fields as they were")
+    func lossless() throws {
+        // 10^15 and above came back as floats before (1e+15), which runc refuses;
+        // fields Tether does not model (hooks, annotations) must survive too.
+        let text = #"{"annotations":{"a":"b"},"hooks":{"prestart":[{"path":"/bin/true"}]},"linux":{"resources":{"memory":{"limit":1125899906842624}}},"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"gid":0,"uid":0}},"root":{"path":"r"}}"#
+        var checked = try SpecCheck.check(Array(text.utf8), source: "x")
+        #expect(String(decoding: checked.bytes, as: UTF8.self) == text)
+        checked.setTerminal(true)
+        let out = String(decoding: checked.bytes, as: UTF8.self)
+        #expect(out.contains(#""limit":1125899906842624"#) && out.contains(#""terminal":true"#) && out.contains(#""hooks""#), "\(out)")
+    }
+
+    @Test("resource limits: every bad number is one clear line, never a trap")
+    func limits() {
+        for bad in [ResourceLimits(cpus: 1e300), ResourceLimits(cpus: -1), ResourceLimits(cpus: 0), ResourceLimits(cpus: .nan),
+                    ResourceLimits(cpus: .infinity), ResourceLimits(memory: -1), ResourceLimits(memory: 0), ResourceLimits(memory: .max),
+                    ResourceLimits(pidsLimit: 0), ResourceLimits(pidsLimit: -5), ResourceLimits(pidsLimit: .max)] {
+            #expect(throws: RuntimeError.self, "\(bad)") { try bad.validate() }
+        }
+        let ok = ResourceLimits(memory: 64 << 20, cpus: 0.5, pidsLimit: 100)
+        #expect(throws: Never.self) { try ok.validate() }
+        #expect(ok.linuxResources.cpu == OCI.LinuxResources.CPU(quota: 50_000, period: 100_000))
+        #expect(ResourceLimits(cpus: 10_000).linuxResources.cpu?.quota == 1_000_000_000)
+        for body in [#"{"cpu":{"quota":1e300}}"#, #"{"cpu":{"period":0}}"#, #"{"memory":{"limit":-7}}"#, #"[1]"#, #"{"pids":{"limit":"x"}}"#] {
+            #expect(throws: RuntimeError.self, "\(body)") { try OCI.LinuxResources.validated(Array(body.utf8), source: "b") }
         }
     }
 }
