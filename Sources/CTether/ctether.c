@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <linux/openat2.h>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -210,6 +211,15 @@ int tether_open_path(const char *path) {
     return fd < 0 ? -errno : fd;
 }
 
+
+int tether_open_path_nofollow(const char *path) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    return fd < 0 ? -errno : fd;
+}
 
 int tether_eventfd(int nonblock) {
     int fd = eventfd(0, EFD_CLOEXEC | (nonblock ? EFD_NONBLOCK : 0));

@@ -38,10 +38,11 @@ struct Cgroups: Sendable {
     func remove(_ path: String, timeoutNanos: UInt64 = 5_000_000_000) -> [SysError] {
         var failures: [SysError] = []
         let deadline = monotonicNanos() + timeoutNanos
-        for top in directories(of: path) {
-            let tree = Self.tree(top)
-            for dir in tree { Self.killAll(in: dir) }
-            for dir in tree {  // deepest first
+        let tops = directories(of: path)
+        guard !tops.isEmpty else { return [] }
+        Self.killAll(tops)
+        for top in tops {
+            for dir in Self.tree(top) {  // deepest first
                 while rmdir(dir) != 0 {
                     let e = errno
                     if e == ENOENT { break }
@@ -50,12 +51,46 @@ struct Cgroups: Sendable {
                         failures.append(SysError("rmdir", errno: e, dir))
                         break
                     }
-                    Self.killAll(in: dir)
+                    Self.killAll(tops)
                     usleep(10_000)
                 }
             }
         }
         return failures
+    }
+
+    /// SIGKILLs every process in the cgroups `tops` (one cgroup, one
+    /// directory per hierarchy) and below, without ever signalling a pid
+    /// that has been freed and reused: cgroup v2's cgroup.kill does it in
+    /// the kernel; with v1 the cgroup is frozen first (a frozen process
+    /// cannot exit, so its pid cannot be reused) and thawed after.
+    static func killAll(_ tops: [String]) {
+        if let v2 = tops.first(where: { Files.exists("\($0)/cgroup.kill") }) {
+            write("1", to: "\(v2)/cgroup.kill")
+            return
+        }
+        let freezer = tops.first { Files.exists("\($0)/freezer.state") }
+        if let freezer {
+            write("FROZEN", to: "\(freezer)/freezer.state")
+            let deadline = monotonicNanos() + 1_000_000_000
+            while (try? Files.readString("\(freezer)/freezer.state"))?.hasPrefix("FROZEN") == false && monotonicNanos() < deadline {
+                usleep(1_000)
+            }
+        }
+        for top in tops {
+            for dir in tree(top) {
+                guard let text = try? Files.readString("\(dir)/cgroup.procs") else { continue }
+                for line in text.split(separator: "\n") {
+                    if let pid = Int32(line), pid > 0 { kill(pid, SIGKILL) }
+                }
+            }
+        }
+        if let freezer { write("THAWED", to: "\(freezer)/freezer.state") }
+    }
+
+    private static func write(_ text: String, to path: String) {
+        guard let fd = try? FD.open(path, O_WRONLY) else { return }
+        try? fd.writeAll(Array(text.utf8))
     }
 
     /// `dir` and every cgroup below it, deepest first.
@@ -69,17 +104,18 @@ struct Cgroups: Sendable {
         return out + [dir]
     }
 
-    static func killAll(in dir: String) {
-        guard let text = try? Files.readString("\(dir)/cgroup.procs") else { return }
-        for line in text.split(separator: "\n") {
-            if let pid = Int32(line), pid > 0 { kill(pid, SIGKILL) }
-        }
-    }
-
-    /// linux.cgroupsPath of an OCI spec, when it is an absolute cgroup path.
+    /// linux.cgroupsPath of an OCI spec, when it is an absolute cgroup path,
+    /// in its plain form (no empty, "." or ".." parts).
     static func path(inSpec spec: [UInt8]) -> String? {
         let json = try? JSONDecoder().decode(JSONValue.self, from: Data(spec))
-        guard let p = json?["linux"]?["cgroupsPath"]?.stringValue, p.hasPrefix("/") else { return nil }
-        return p
+        return json?["linux"]?["cgroupsPath"]?.stringValue.flatMap(normalized)
+    }
+
+    /// "/a/b" for "/a//b/"; nil for a relative path or one with "." or "..".
+    static func normalized(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return nil }
+        let parts = path.split(separator: "/")
+        guard !parts.contains(".") && !parts.contains("..") else { return nil }
+        return "/" + parts.joined(separator: "/")
     }
 }

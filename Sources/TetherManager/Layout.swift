@@ -35,6 +35,9 @@ public struct Layout: Sendable {
         for b in state.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
         return "/tether-" + String(h, radix: 16)
     }
+    /// The cgroup of task namespace/id: the only one under `cgroupParent` a
+    /// task's spec may name, and the only one Teardown ever removes.
+    public func cgroup(_ namespace: String, _ id: String) -> String { "\(cgroupParent)/\(namespace)/\(id)" }
     public var pidFile: String { "\(state)/tetherd.pid" }
     public var tasksDir: String { "\(state)/tasks" }
     public var defaultRootfs: String { "\(root)/rootfs/busybox" }

@@ -22,7 +22,8 @@ public final class ShimClient: Sendable {
     /// one (it cannot block on a unix socket) so long paths work the same way
     /// as in the shim; NIO then takes the connected fd.
     public static func connect(_ path: String, group: any EventLoopGroup) async throws -> ShimClient {
-        let fd = try UnixSocket.connect(path)
+        // Bounded: a stopped shim whose backlog is full must not hold us up.
+        let fd = try UnixSocket.connect(path, timeoutMs: 2000)
         let handler = ClientHandler()
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { ch in

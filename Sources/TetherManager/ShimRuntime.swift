@@ -99,19 +99,19 @@ public final class ShimRuntime: Runtime, Sendable {
         try Identifier.validate(namespace, kind: "namespace")
         try Identifier.validate(id, kind: "task ID")
         guard let runtimeBinary = Spawn.lookPath(config.runtime) else { throw RuntimeError.runtimeDoesNotExist(config.runtime) }
-        let spec = try await onDisk { [self] in try checkedSpec(opts) }
+        let (spec, rootfs) = try await onDisk { [self] in try prepare(namespace: namespace, id: id, opts) }
 
         let key = TaskKey(namespace: namespace, id: id)
         let bundle = layout.bundle(namespace, id)
         let scratch = layout.scratch(namespace, id)
         // Overlay layers the task owns live in its scratch directory, made here and removed at delete.
-        let layerDirs = opts.rootfs.flatMap(\.options).compactMap { o -> String? in
+        let layerDirs = rootfs.flatMap(\.options).compactMap { o -> String? in
             guard o.hasPrefix("upperdir=") || o.hasPrefix("workdir=") else { return nil }
             let dir = String(o[o.index(after: o.firstIndex(of: "=")!)...])
             return dir.hasPrefix(scratch + "/") ? dir : nil
         }
         let record = TaskRecord(namespace: namespace, id: id, instance: Self.newInstance(), runtime: runtimeBinary,
-                                bundle: bundle, io: opts.io, rootfs: opts.rootfs,
+                                bundle: bundle, io: opts.io, rootfs: rootfs,
                                 scratch: layerDirs.isEmpty ? nil : scratch, phase: .creating, createdAt: Date())
         let task = ShimTask(runtime: self, record: record, spec: spec)
         try tasksByKey.withLock { (t) throws(RuntimeError) in
@@ -147,13 +147,18 @@ public final class ShimRuntime: Runtime, Sendable {
 
             await TestHook.reach("create.before-shim")
             let shim = try launcher.spawn(record)
+            // Watched from the start, so it is always reaped and can always be killed.
+            guard watcher.watch(shim.pid, onExit: { [weak task] code in task?.shimExited(code: code) }) else {
+                kill(shim.pid, SIGKILL)  // our unreaped child: its pid cannot have been reused
+                await onThreadReap(shim.pid)
+                throw RuntimeError(.internal, "cannot watch tether-shim \(shim.pid) (pidfd_open failed); it was stopped")
+            }
             // Recorded before the shim is waited for: a manager that dies
             // from here on finds the shim on reload and stops it.
             try await onDisk { try task.update { r in
                 r.shimPid = shim.pid
                 r.shimStartTime = shim.startTime
             } }
-            watcher.watch(shim.pid) { [weak task] code in task?.shimExited(code: code) }
             try await launcher.waitReady(shim, record)
             let client = try await ShimClient.connect("\(bundle)/shim.sock", group: group)
             task.attach(client)
@@ -162,7 +167,7 @@ public final class ShimRuntime: Runtime, Sendable {
             var req = Containerd_Task_V2_CreateTaskRequest()
             req.id = id
             req.bundle = bundle
-            req.rootfs = opts.rootfs.map(\.proto)
+            req.rootfs = rootfs.map(\.proto)
             req.terminal = opts.io.terminal
             req.stdin = opts.io.stdin
             req.stdout = opts.io.stdout
@@ -190,27 +195,38 @@ public final class ShimRuntime: Runtime, Sendable {
 
     /// The one set of rules every task's spec meets, from wherever it came:
     /// it passes SpecCheck (JSON, types, a command, a root, resources in
-    /// range); its root is `rootfs` in the bundle when the task brings rootfs
-    /// mounts, else an absolute directory that Layout.checkRootfs accepts;
-    /// and process.terminal is the IO's. Returns the spec the runtime gets.
-    func checkedSpec(_ opts: CreateOpts) throws -> Data {
+    /// range); a cgroupsPath under Tether's cgroup parent is the task's own;
+    /// process.terminal is the IO's; and its root is always `rootfs` in the
+    /// bundle, where the shim mounts it. A spec that names a directory
+    /// instead (a bundle, a spec sent through the API) has that directory
+    /// checked by Layout.checkRootfs and turned into a bind mount, which the
+    /// shim makes without following a symlink: a path component swapped for
+    /// one after this check cannot give the container another directory.
+    /// Returns the spec the runtime gets and the rootfs mounts.
+    func prepare(namespace: String, id: String, _ opts: CreateOpts) throws -> (spec: Data, rootfs: [Mount]) {
         var checked = try SpecCheck.check(Array(opts.spec), source: "the task's OCI spec")
+        var rootfs = opts.rootfs
         let root = checked.spec.root?.path ?? ""
-        if opts.rootfs.isEmpty {
+        if rootfs.isEmpty {
             guard root.hasPrefix("/") else {
                 throw RuntimeError(.invalidArgument, "the spec's root.path \(root) is not absolute: with no rootfs mounts, name the container's root directory by its absolute path")
             }
             let real = try layout.checkRootfs(root, what: "the spec's root.path \(root)", readonly: checked.spec.root?.readonly ?? false)
-            checked.setRootPath(real)
+            rootfs = [Mount(type: "bind", source: real, options: ["rbind", "rw"])]
+            checked.setRootPath("rootfs")
         } else if root != "rootfs" {
             throw RuntimeError(.invalidArgument, "the spec's root.path is \(root), but the task's rootfs mounts are made at rootfs in its bundle: set root.path to \"rootfs\"")
+        }
+        if let raw = checked.spec.linux?.cgroupsPath, let path = Cgroups.normalized(raw),
+           Files.isWithin(path, layout.cgroupParent), path != layout.cgroup(namespace, id) {
+            throw RuntimeError(.invalidArgument, "the spec's linux.cgroupsPath \(raw) lies under Tether's cgroup \(layout.cgroupParent) but is not this task's own (\(layout.cgroup(namespace, id))): name that, or a cgroup outside \(layout.cgroupParent)")
         }
         if !opts.checkpoint.isEmpty && !Files.isDirectory(opts.checkpoint) {
             throw RuntimeError(.invalidArgument, "checkpoint \(opts.checkpoint) is not a directory: give the path 'tether checkpoint' wrote to")
         }
         if let options = opts.options { _ = try Self.shimOptions(options) }
         checked.setTerminal(opts.io.terminal)
-        return Data(checked.bytes)
+        return (Data(checked.bytes), rootfs)
     }
 
     /// Runs blocking disk work on the manager's own threads and awaits it.
@@ -224,6 +240,11 @@ public final class ShimRuntime: Runtime, Sendable {
     }
 
     var teardown: Teardown { Teardown(runtime: self) }
+
+    /// Reaps a child of ours that the watcher could not take, off the pool.
+    func onThreadReap(_ pid: Int32) async {
+        _ = try? await onThread("reap") { var status: Int32 = 0; return tether_wait_pid(pid, &status) }
+    }
 
     public func get(namespace: String, id: String) async throws -> any RuntimeTask {
         try task(namespace, id)
@@ -365,10 +386,14 @@ public final class ShimRuntime: Runtime, Sendable {
         }
         let code = await withCheckedContinuation { (c: CheckedContinuation<Int32?, Never>) in
             if !watcher.watch(pid, onExit: { code in c.resume(returning: code) }) {
-                // No pidfd: wait on a thread of its own (it is our child, so this reaps it).
+                // No pidfd: it is killed (our unreaped child: the pid is still
+                // its own) and reaped, rather than left without a deadline.
+                kill(pid, SIGKILL)
+                killed.set()
                 OSThread.start("runtime-wait") {
                     var status: Int32 = 0
-                    c.resume(returning: tether_wait_pid(pid, &status) == pid ? tether_exit_code(status) : nil)
+                    _ = tether_wait_pid(pid, &status)
+                    c.resume(returning: nil)
                 }
             }
         }

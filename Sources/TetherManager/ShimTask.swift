@@ -568,7 +568,9 @@ public final class ShimTask: RuntimeTask, Sendable {
             req.now = now
             _ = try? await client.task("Shutdown", req, as: Google_Protobuf_Empty.self, timeout: .seconds(5))
         }
-        if await !shimGone(within: .seconds(5)) {
+        // Without a connection there is nobody to ask: kill it at once.
+        let exited = client == nil ? false : await shimGone(within: .seconds(5))
+        if !exited {
             logger.warning("shim did not exit after Shutdown; killing it", metadata: ["id": "\(id)", "pid": "\(pid)"])
             runtime.watcher.signal(pid, SIGKILL)
             _ = await shimGone(within: .seconds(5))

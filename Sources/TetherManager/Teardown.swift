@@ -31,20 +31,26 @@ struct Teardown: Sendable {
         if code != 0 && Files.exists("\(runtimeRoot)/\(r.id)") {
             problems.append("\(Files.basename(r.runtime)) delete --force \(r.id) \(code.map { "exited with status \($0)" } ?? "did not finish")")
         }
-        // Only a cgroup under Tether's own parent: a bundle may name any
-        // cgroup at all, and that is the runtime's to remove.
-        if let path = Cgroups.path(inSpec: Array(spec)), Files.isWithin(path, layout.cgroupParent), path != layout.cgroupParent {
-            for e in runtime.cgroups.remove(path) { problems.append("cgroup: \(e)") }
+        // Only the task's own cgroup, exactly: a bundle may name any cgroup
+        // at all (another task's, a system slice), and that is never ours to kill.
+        let own = layout.cgroup(r.namespace, r.id)
+        if Cgroups.path(inSpec: Array(spec)) == own {
+            for e in await runtime.onDisk({ runtime.cgroups.remove(own) }) { problems.append("cgroup: \(e)") }
         }
-        if Files.exists("\(runtimeRoot)/\(r.id)") {
-            do { try Files.removeTree("\(runtimeRoot)/\(r.id)") } catch { problems.append("runtime state: \(error)") }
-        }
-        for e in Mounts.unmountTree(under: r.bundle) { problems.append("unmount: \(e)") }
-        if removeFiles {
-            do { try Files.removeTree(r.bundle) } catch { problems.append("bundle: \(error)") }
-            if let s = r.scratch {
-                do { try Files.removeTree(s) } catch { problems.append("scratch: \(error)") }
+        // The rest is disk work (a writable layer can be large): on the manager's own threads.
+        problems += await runtime.onDisk { () -> [String] in
+            var problems: [String] = []
+            if Files.exists("\(runtimeRoot)/\(r.id)") {
+                do { try Files.removeTree("\(runtimeRoot)/\(r.id)") } catch { problems.append("runtime state: \(error)") }
             }
+            for e in Mounts.unmountTree(under: r.bundle) { problems.append("unmount: \(e)") }
+            if removeFiles {
+                do { try Files.removeTree(r.bundle) } catch { problems.append("bundle: \(error)") }
+                if let s = r.scratch {
+                    do { try Files.removeTree(s) } catch { problems.append("scratch: \(error)") }
+                }
+            }
+            return problems
         }
         for p in problems {
             runtime.logger.error("teardown of \(r.namespace)/\(r.id): \(p)")

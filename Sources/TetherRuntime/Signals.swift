@@ -23,7 +23,7 @@ public enum Signals {
         if let (n, _) = names.first(where: { $0.value == name }) { return n }
         if name == "IOT" { return 6 }
         if name == "POLL" { return 29 }
-        if name.hasPrefix("RTMIN"), let n = offset(name.dropFirst(5), sign: "+"), 34 + n <= max { return 34 + n }
+        if name.hasPrefix("RTMIN"), let n = offset(name.dropFirst(5), sign: "+"), n <= max - 34 { return 34 + n }
         if name.hasPrefix("RTMAX"), let n = offset(name.dropFirst(5), sign: "-"), max - n >= 34 { return max - n }
         throw RuntimeError(.invalidArgument, "unknown signal \"\(text)\": use a name such as TERM, KILL, HUP or a number from 1 to \(max)")
     }

@@ -129,13 +129,15 @@ final class ProcessStdio: Sendable {
     /// 1 MiB. Best effort: where the kernel refuses, a pipe keeps 64 KiB.
     static let outputPipeSize: Int32 = 1 << 20
 
-    /// Opens an output path without ever blocking: O_RDWR|O_NONBLOCK on a
+    /// Opens an output path without ever blocking or following a symlink: O_RDWR|O_NONBLOCK on a
     /// FIFO holds both ends (no client is needed, and none can make the
     /// container see EPIPE), and the same call creates or appends to a
     /// regular file. A character device (/dev/null, a terminal) is written
     /// to as it is; anything else (a directory, a socket) is refused.
     static func openOutput(_ path: String) throws(SysError) -> FD {
-        let fd = try FD.open(path, O_RDWR | O_NONBLOCK | O_CREAT | O_APPEND, mode: 0o640)
+        // O_NOCTTY: a terminal named here must never become the shim's own
+        // (its hangup would SIGHUP the shim); O_NOFOLLOW: no symlink.
+        let fd = try FD.open(path, O_RDWR | O_NONBLOCK | O_CREAT | O_APPEND | O_NOCTTY | O_NOFOLLOW, mode: 0o640)
         let st = try fd.status()
         switch st.st_mode & S_IFMT {
         case S_IFIFO: _ = try? fd.setPipeSize(outputPipeSize)
@@ -145,17 +147,17 @@ final class ProcessStdio: Sendable {
         return fd
     }
 
-    /// Opens an input path without ever blocking. A regular file or a
-    /// device is read as it is (the relay reads it without epoll, which
+    /// Opens an input path without ever blocking or following a symlink. A
+    /// regular file or a character device is read as it is (the relay reads it without epoll, which
     /// cannot watch them); a missing path is an error.
     static func openInput(_ path: String) throws(SysError) -> FD {
-        let fd = try FD.open(path, O_RDONLY | O_NONBLOCK)
+        let fd = try FD.open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW)
         let st = try fd.status()
         switch st.st_mode & S_IFMT {
         case S_IFIFO:
             // The same FIFO again, read-write: we hold a writer, so stdin ends only by CloseIO.
-            return try FD.open("/proc/self/fd/\(fd.raw)", O_RDWR | O_NONBLOCK).relabeled(path)
-        case S_IFREG, S_IFCHR, S_IFBLK: try fd.setNonBlocking(false)
+            return try FD.open("/proc/self/fd/\(fd.raw)", O_RDWR | O_NONBLOCK | O_NOCTTY).relabeled(path)
+        case S_IFREG, S_IFCHR: try fd.setNonBlocking(false)
         default: throw SysError("open", errno: EINVAL, path, explanation: "\(Files.describe(st.st_mode)) cannot be a process's input")
         }
         return fd

@@ -42,7 +42,7 @@ enum RootfsMounts {
             let target: String
             do {
                 target = try resolve(m.target, in: rootfs)
-                try mount(m, at: target)
+                try mount(m, at: target, bundle: Files.dirname(rootfs))
             } catch {
                 unmountAll(under: rootfs)
                 throw error
@@ -71,11 +71,19 @@ enum RootfsMounts {
         return path
     }
 
-    static func mount(_ m: Containerd_Types_Mount, at target: String) throws(SysError) {
+    static func mount(_ m: Containerd_Types_Mount, at target: String, bundle: String) throws(SysError) {
         try Files.makeDirectories(target, mode: 0o755)
         let (flags, data) = parse(m.options)
         let type = m.type == "bind" ? "none" : m.type
-        try Mounts.mount(source: m.source, target: target, type: type, flags: flags, data: data.isEmpty ? nil : data)
+        if flags & UInt(MS_BIND) != 0 {
+            // The source is bound through a handle opened without following
+            // any symlink: what was checked is what is mounted, even if a
+            // component of the path was swapped for a link since.
+            let source = try openBindSource(m.source, bundle: bundle)
+            try Mounts.mount(source: "/proc/self/fd/\(source.raw)", target: target, type: type, flags: flags, data: data.isEmpty ? nil : data)
+        } else {
+            try Mounts.mount(source: m.source, target: target, type: type, flags: flags, data: data.isEmpty ? nil : data)
+        }
         // A bind mount ignores MS_RDONLY until it is remounted.
         if flags & UInt(MS_BIND) != 0 && flags & UInt(MS_RDONLY) != 0 {
             let r = tether_mount("none", target, nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY) | (flags & UInt(MS_REC)), nil)
@@ -85,6 +93,21 @@ enum RootfsMounts {
             }
         }
         ShimLog.debug("mounted \(m.type) \(m.source) on \(target) (\(m.options.joined(separator: ",")))")
+    }
+
+    /// The source of a bind mount, opened with no symlink followed anywhere
+    /// on its path, and refused when it is the host's `/` or holds the
+    /// bundle (and so the state directory) the shim serves.
+    static func openBindSource(_ path: String, bundle: String) throws(SysError) -> FD {
+        let fd = FD(try check(tether_open_path_nofollow(path), "open", "\(path) (bind source; no symlink is followed)"), label: path)
+        var st = stat(), root = stat()
+        if fstat(fd.raw, &st) == 0 && stat("/", &root) == 0 && st.st_dev == root.st_dev && st.st_ino == root.st_ino {
+            throw SysError("mount", errno: EPERM, path, explanation: "it is the host's root directory, which is never bound into a container")
+        }
+        if let real = Proc.readLink("/proc/self/fd/\(fd.raw)"), Files.isWithin(bundle, real) {
+            throw SysError("mount", errno: EPERM, path, explanation: "it holds the task's own state directory \(bundle)")
+        }
+        return fd
     }
 
     /// Takes down everything mounted under the rootfs directory.

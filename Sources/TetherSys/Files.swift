@@ -142,6 +142,11 @@ public enum Files {
     /// point: it fails with EBUSY instead of deleting someone else's files.
     /// (A bind mount of the same filesystem has the same st_dev, so the mount
     /// table is checked first; st_dev is checked again on the way down.)
+    ///
+    /// Iterative, with at most `maxOpenDepth` directories open at once: a
+    /// tree a container made 100,000 levels deep is removed like any other
+    /// (what lies deeper is moved up to the top directory first), without
+    /// a deep recursion or one fd per level.
     public static func removeTree(_ path: String) throws(SysError) {
         if let m = Mounts.targets(under: path).first {
             throw SysError("remove", errno: EBUSY, "\(path) (\(m) is mounted)")
@@ -155,38 +160,77 @@ public enum Files {
             _ = try retrying("unlink", path) { unlink(path) }
             return
         }
-        let dirfd = try FD.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-        try removeContents(dirfd: dirfd.take(), device: st.st_dev, path: path)
+        let top = try FD.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        try removeContents(top, device: st.st_dev, path: path)
         _ = try retrying("rmdir", path) { rmdir(path) }
     }
 
-    /// Removes everything inside the directory open at `dirfd` (which it takes).
-    private static func removeContents(dirfd: Int32, device: dev_t, path: String) throws(SysError) {
-        guard let dir = fdopendir(dirfd) else {
+    static let maxOpenDepth = 64
+
+    /// Empties the directory open at `top` (on `device`), depth first.
+    private static func removeContents(_ top: FD, device: dev_t, path: String) throws(SysError) {
+        struct Frame { let fd: FD; let name: String; let path: String; var names: [String]; var next = 0 }
+        var stack = [Frame(fd: top, name: "", path: path, names: try names(in: top, path))]
+        var moved = 0
+        while !stack.isEmpty {
+            let depth = stack.count
+            var frame = stack[depth - 1]
+            if frame.next == frame.names.count {
+                // Everything listed is gone; anything new (moved up here) is listed again.
+                let again = try names(in: frame.fd, frame.path)
+                if !again.isEmpty {
+                    stack[depth - 1].names = again
+                    stack[depth - 1].next = 0
+                    continue
+                }
+                stack.removeLast()
+                guard let parent = stack.last else { return }
+                if unlinkat(parent.fd.raw, frame.name, AT_REMOVEDIR) != 0 {
+                    if Glibc.errno == EBUSY { throw SysError.last("rmdir", "\(frame.path) (a mount point)") }
+                    throw SysError.last("rmdir", frame.path)
+                }
+                continue
+            }
+            let name = frame.names[frame.next]
+            frame.next += 1
+            stack[depth - 1].next = frame.next
+            let child = "\(frame.path)/\(name)"
+            var st = stat()
+            if fstatat(frame.fd.raw, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+                if Glibc.errno == ENOENT { continue }
+                throw SysError.last("stat", child)
+            }
+            guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                if unlinkat(frame.fd.raw, name, 0) != 0 && Glibc.errno != ENOENT { throw SysError.last("unlink", child) }
+                continue
+            }
+            if st.st_dev != device { throw SysError("remove", errno: EBUSY, "\(child) (a mount point)") }
+            if depth >= maxOpenDepth {
+                // Too deep to keep descending: move it up to the top, where it is removed later.
+                let newName = ".tether-rm-\(getpid())-\(moved)"
+                moved += 1
+                if renameat(frame.fd.raw, name, stack[0].fd.raw, newName) != 0 { throw SysError.last("rename", child) }
+                continue
+            }
+            let sub = openat(frame.fd.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if sub < 0 { throw SysError.last("open", child) }
+            let fd = FD(sub, label: child)
+            stack.append(Frame(fd: fd, name: name, path: child, names: try names(in: fd, child)))
+        }
+    }
+
+    /// The names in the directory open at `fd` (which stays open and ours).
+    private static func names(in fd: FD, _ path: String) throws(SysError) -> [String] {
+        let copy = dup(fd.raw)
+        if copy < 0 { throw SysError.last("dup", path) }
+        guard let dir = fdopendir(copy) else {
             let e = SysError.last("opendir", path)
-            Glibc.close(dirfd)
+            Glibc.close(copy)
             throw e
         }
         defer { closedir(dir) }
-        let names = entries(dir)
-        let fd = Glibc.dirfd(dir)
-        for name in names {
-            let child = "\(path)/\(name)"
-            var st = stat()
-            if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 { throw SysError.last("stat", child) }
-            if (st.st_mode & S_IFMT) == S_IFDIR {
-                if st.st_dev != device { throw SysError("remove", errno: EBUSY, "\(child) (a mount point)") }
-                let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                if sub < 0 { throw SysError.last("open", child) }
-                try removeContents(dirfd: sub, device: device, path: child)
-                if unlinkat(fd, name, AT_REMOVEDIR) != 0 {
-                    if Glibc.errno == EBUSY { throw SysError.last("rmdir", "\(child) (a mount point)") }
-                    throw SysError.last("rmdir", child)
-                }
-            } else if unlinkat(fd, name, 0) != 0 {
-                throw SysError.last("unlink", child)
-            }
-        }
+        rewinddir(dir)
+        return entries(dir)
     }
 
     public static func listDirectory(_ path: String) throws(SysError) -> [String] {

@@ -63,7 +63,11 @@ public enum Mounts {
         do {
             try makePrivate(target, recursive: flags & UInt(MS_REC) != 0)
         } catch {
-            _ = tether_umount(target, Int32(MNT_DETACH))
+            // Still shared: unmounting it now could propagate to its peers.
+            // As a slave it receives from them but sends nothing back.
+            if tether_mount("none", target, nil, UInt(MS_SLAVE | MS_REC), nil) == 0 {
+                _ = tether_umount(target, Int32(MNT_DETACH))
+            }
             throw error
         }
     }

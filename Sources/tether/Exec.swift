@@ -8,7 +8,9 @@ import Foundation
 import Glibc
 import TetherAPI
 import TetherClient
+import TetherOCI
 import TetherRuntime
+import TetherSys
 
 struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +18,7 @@ struct Exec: ParsableCommand {
         discussion: "The exec'd process is deleted once it has exited, unless -d leaves it running.")
 
     @OptionGroup var global: GlobalOptions
-    @Flag(name: [.short, .long], help: "Start it and return its exec ID.") var detach = false
+    @Flag(name: [.short, .long], help: "Start it and return its exec ID. Its output is discarded unless -i or -t keeps it for 'tether attach --exec-id'.") var detach = false
     @Flag(name: [.short, .long], help: "Keep stdin open and pass ours to it.") var interactive = false
     @Flag(name: [.short, .long], help: "Give it a terminal (and pass ours to it).") var tty = false
     @Option(help: "The exec ID (default: a new one).") var execID: String?
@@ -31,8 +33,12 @@ struct Exec: ParsableCommand {
             for e in env where !e.contains("=") { throw UsageError("--env \(e) is not K=V") }
             let api = global.client
             let id = taskID
+            // The same rule as run: detached without -i or -t, the output is
+            // discarded (nobody would read FIFOs, and a chatty process would
+            // stop once they filled); otherwise FIFOs to attach to.
+            let attachable = !detach || interactive || tty
             let p = try api.exec(id, ExecRequest(execID: execID, args: command, env: env.isEmpty ? nil : env, cwd: cwd,
-                                                 fifos: FifoRequest(stdin: interactive || tty, terminal: tty)))
+                                                 fifos: attachable ? FifoRequest(stdin: interactive || tty, terminal: tty) : nil))
             let execID = p.execID
             if detach {
                 do { _ = try api.startExec(id, execID) } catch {
@@ -59,39 +65,6 @@ struct Exec: ParsableCommand {
                 return
             }
             _ = try? api.deleteExec(id, execID)
-            throw ExitCode(Int32(truncatingIfNeeded: exit.status))
-        }
-    }
-}
-
-struct Attach: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Attach to a running task's (or exec's) output, and stdin with -i; ctrl-p ctrl-q detaches a terminal.")
-
-    @OptionGroup var global: GlobalOptions
-    @Flag(name: [.short, .long], help: "Pass our stdin to it too (it must have one).") var interactive = false
-    @Option(help: "Attach to this exec'd process instead of the task's init.") var execID: String?
-    @Argument(help: "The task ID.") var id: String
-
-    func run() throws {
-        try guarded {
-            let api = global.client
-            let id = self.id
-            let execID = self.execID
-            let io = try execID.map { try api.getExec(id, $0).io } ?? api.get(id).io
-            if io.stdout.isEmpty && io.stderr.isEmpty {
-                throw UsageError("\(id) was started without stdio to attach to (run it without -d, or with create, to keep FIFOs)")
-            }
-            let session = Session(attachment: try Attachment(io), tty: io.terminal, stdin: interactive || io.terminal)
-            let outcome = try session.run(
-                resize: { rows, cols in try? api.resize(id, execID: execID, width: UInt32(cols), height: UInt32(rows)) },
-                kill: { sig in
-                    if let execID { try? api.killExec(id, execID, signal: String(sig)) } else { try? api.kill(id, signal: String(sig), all: false) }
-                },
-                closeIO: { try? api.closeIO(id, execID: execID) },
-                start: nil,
-                wait: { try execID.map { try api.waitExec(id, $0) } ?? api.wait(id) })
-            guard case .exited(let exit) = outcome else { return }
             throw ExitCode(Int32(truncatingIfNeeded: exit.status))
         }
     }

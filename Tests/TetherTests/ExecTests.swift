@@ -37,6 +37,20 @@ struct ExecTests {
         }
     }
 
+    @Test("exec -d follows run -d: no FIFOs, output discarded, so a chatty detached exec runs to its end")
+    func detachedExecDiscardsOutput() async throws {
+        try await withDaemon { d in
+            #expect(try await d.tether("run", "-d", "t", "--", "sleep", "100").status == 0)
+            // 8 MiB of output, four times what FIFOs and pipes hold unread.
+            #expect(try await d.tether("exec", "-d", "--exec-id", "loud", "t", "--", "sh", "-c", "head -c 8388608 /dev/zero; exit 4").status == 0)
+            let view = try await AsyncAPI(d).getExec("t", "loud")
+            #expect(view.io.stdout.isEmpty && view.io.stderr.isEmpty && view.io.stdin.isEmpty, "\(view.io)")
+            #expect(try await AsyncAPI(d).waitExec("t", "loud").status == 4)
+            #expect(!Files.exists("\(d.bundle("t"))/io/exec-loud.stdout"))
+            try await d.killAndDelete("t")
+        }
+    }
+
     @Test("an exec's exit carries its exec ID; a duplicate exec ID and an exec into a stopped task are clear errors")
     func execIdentity() async throws {
         try await withDaemon { d in

@@ -133,7 +133,7 @@ struct SafetyTests {
             }
             cases.append(("POST", base, #"{"id":"b","args":["true"],"log":{"path":"/tmp/x.log","maxSize":1e300}}"#))
             cases.append(("POST", base, #"{"id":"b","args":["true"],"log":{"path":"/tmp/x.log","maxSize":18446744073709551615}}"#))
-            for s in ["1e300", "-1", "0", "65", "99999999999", #""99999999999""#, #""SIGNOPE""#, "9.5"] {
+            for s in ["1e300", "-1", "0", "65", "99999999999", #""99999999999""#, #""SIGNOPE""#, "9.5", #""RTMIN+2147483647""#] {
                 cases.append(("POST", "\(base)/n/kill", #"{"signal":\#(s)}"#))
             }
             for (w, h) in [("0", "0"), ("70000", "20"), ("-1", "5"), ("1e300", "1"), ("80", "4294967296")] {
@@ -166,6 +166,7 @@ struct SafetyTests {
                 ["run", "--pids-limit=-1", "x", "--", "true"], ["run", "--log", "/tmp/l", "--log-max-size", "99999999999P", "x", "--", "true"],
                 ["update", "--cpus", "1e300", "c"], ["update", "--memory", "0", "c"], ["update", "--pids-limit", "9223372036854775807", "c"],
                 ["kill", "-s", "1e300", "c"], ["kill", "--signal=-3", "c"], ["kill", "-s", "4294967297", "c"],
+                ["kill", "-s", "RTMIN+2147483647", "c"], ["kill", "-s", "SIGRTMAX-2147483647", "c"],
             ]
             for args in cases {
                 let r = try await d.tether(args)

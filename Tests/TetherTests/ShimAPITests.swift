@@ -5,6 +5,8 @@ import Foundation
 import SwiftProtobuf
 import Testing
 import TTRPC
+import TetherManager
+import TetherOCI
 import TetherProto
 import TetherSys
 
@@ -56,5 +58,45 @@ struct ShimAPITests {
             #expect(try await d.tether("delete", "s1").status == 0)
             #expect(await eventually { kill(shim, 0) != 0 }, "the shim should exit after delete")
         }
+    }
+
+    @Test("a bind source is mounted through a handle: a symlink on its path, the host's / and the shim's own state are refused")
+    func bindSourceNeverFollowed() async throws {
+        try Prerequisites.require()
+        let dir = try makeTempDir()
+        defer { Mounts.unmountTree(under: dir); try? Files.removeTree(dir) }
+        let bundle = "\(dir)/bundle"
+        try Files.makeDirectories("\(bundle)/rootfs")
+        try Files.writeAtomically("\(bundle)/config.json", SpecCheck.encode(SpecBuilder.spec(namespace: "default", id: "b", process: .init(args: ["true"]))))
+        // A rootfs reached through a symlink: a path swapped this way after tetherd checked it.
+        try Files.makeDirectories("\(dir)/real")
+        symlink("\(dir)/real", "\(dir)/link")
+        let shim = try StartedProgram("\(Prerequisites.binDir)/tether-shim", ["--id", "b", "--bundle", bundle, "--runtime-root", "\(dir)/runc"])
+        #expect(await eventually(10) { Files.exists("\(bundle)/shim.sock") }, "the shim did not listen: \(shim.err.text)")
+        try await offPool {
+            let c = try TTRPCBlockingClient(socketPath: "\(bundle)/shim.sock", timeout: 20)
+            defer { c.close() }
+            for (source, phrase) in [("\(dir)/link", "no symlink is followed"), ("/", "the host's root directory"), (dir, "holds the task's own state directory")] {
+                var m = Containerd_Types_Mount()
+                m.type = "bind"
+                m.source = source
+                m.options = ["rbind", "rw"]
+                var create = Containerd_Task_V2_CreateTaskRequest()
+                create.id = "b"
+                create.bundle = bundle
+                create.rootfs = [m]
+                do {
+                    _ = try c.call("containerd.task.v2.Task", "Create", create, as: Containerd_Task_V2_CreateTaskResponse.self)
+                    Issue.record("a bind of \(source) was mounted")
+                } catch let e as RPCError {
+                    #expect(e.message.contains(phrase), "\(source): \(e.message)")
+                }
+                #expect(Mounts.targets(under: bundle).isEmpty)
+            }
+            var shutdown = Containerd_Task_V2_ShutdownRequest()
+            shutdown.id = "b"
+            _ = try c.call("containerd.task.v2.Task", "Shutdown", shutdown, as: Google_Protobuf_Empty.self)
+        }
+        #expect(try await offPool { shim.wait(timeout: 10) } == 0)
     }
 }

@@ -88,6 +88,18 @@ struct TimeTests {
     }
 }
 
+@Suite("signal names")
+struct SignalNameTests {
+    @Test("RTMIN+N and RTMAX-N stay in range, and a huge N is an error, not a trap")
+    func realtime() throws {
+        #expect(try Signals.parse("RTMIN+2") == 36)
+        #expect(try Signals.parse("SIGRTMAX-1") == 63)
+        for bad in ["RTMIN+2147483647", "RTMIN+31", "RTMAX-2147483647", "RTMAX-31", "99999999999", "0", "65"] {
+            #expect(throws: RuntimeError.self, "\(bad)") { try Signals.parse(bad) }
+        }
+    }
+}
+
 @Suite("OCI specs")
 struct SpecTests {
     @Test("the generated spec has the defaults runc spec and ctr run give")

@@ -63,6 +63,10 @@ int tether_ignore_signal(int sig);
 int tether_set_nonblock(int fd, int on);
 // open(path, O_PATH|O_DIRECTORY|O_CLOEXEC): a handle for *at() and /proc/self/fd.
 int tether_open_path(const char *path);
+// openat2(path, O_PATH|O_CLOEXEC, RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS):
+// a handle on exactly the path given, with no symlink followed anywhere on
+// the way (a component swapped for a symlink makes it fail with -ELOOP).
+int tether_open_path_nofollow(const char *path);
 // An eventfd, close-on-exec; nonblocking when asked.
 int tether_eventfd(int nonblock);
 int tether_pipe(int fds[2], int cloexec_nonblock);
