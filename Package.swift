@@ -40,20 +40,21 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
 
-        // ttrpc: framing, the threaded server the shim runs, a blocking client for tools and tests.
+        // ttrpc: framing, the server the shim runs on its event loop, a blocking client for tools and tests.
         .target(name: "TTRPC", dependencies: ["TetherSys", "TetherProto"]),
 
         // The public Swift API: containerd's runtime package (v1.0).
         .target(name: "TetherRuntime"),
 
         // The OCI runtime spec: typed parts, a lossless JSON value, resource
-        // limits and the one check every spec passes.
+        // limits and the one check every spec passes. FoundationEssentials
+        // only: the shim links it too.
         .target(name: "TetherOCI", dependencies: ["TetherRuntime"]),
 
         // The shim: everything that runs inside tether-shim. No Foundation.
         .target(
             name: "TetherShim",
-            dependencies: ["TetherSys", "TetherProto", "TTRPC", "TetherRuntime"]
+            dependencies: ["TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI"]
         ),
         .executableTarget(name: "tether-shim", dependencies: ["TetherShim"]),
 

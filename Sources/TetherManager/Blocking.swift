@@ -5,8 +5,12 @@ import TetherSys
 /// Swift concurrency pool's few threads.
 func onThread<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-        OSThread.start(name) {
-            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+        do {
+            try OSThread.start(name) {
+                do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+            }
+        } catch {
+            c.resume(throwing: error)  // no thread to be had: an error for this call alone
         }
     }
 }

@@ -15,7 +15,7 @@ final class ExitPipe: Sendable {
     init(path: String, onRecord: @escaping @Sendable (Record) -> Void, onError: @escaping @Sendable (String) -> Void) throws {
         try Files.makeFifo(path)
         fd = try FD.open(path, O_RDWR)
-        OSThread.start("exit-pipe") { [fd] in Self.loop(fd, onRecord, onError) }
+        try OSThread.start("exit-pipe") { [fd] in Self.loop(fd, onRecord, onError) }
     }
 
     private static func loop(_ fd: FD, _ onRecord: @Sendable (Record) -> Void, _ onError: @Sendable (String) -> Void) {

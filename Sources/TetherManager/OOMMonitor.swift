@@ -47,7 +47,7 @@ public final class OOMMonitor: TaskMonitor, Sendable {
         self.logger = logger
         self.cgroupRoot = cgroupRoot
         epfd = FD(try check(tether_epoll_create(), "epoll_create1"))
-        OSThread.start("oom-monitor") { [self] in loop() }
+        try OSThread.start("oom-monitor") { [self] in loop() }
     }
 
     public func monitor(_ task: any RuntimeTask) throws {

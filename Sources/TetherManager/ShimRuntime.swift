@@ -390,11 +390,12 @@ public final class ShimRuntime: Runtime, Sendable {
                 // its own) and reaped, rather than left without a deadline.
                 kill(pid, SIGKILL)
                 killed.set()
-                OSThread.start("runtime-wait") {
+                let reap: @Sendable () -> Void = {
                     var status: Int32 = 0
                     _ = tether_wait_pid(pid, &status)
                     c.resume(returning: nil)
                 }
+                if (try? OSThread.start("runtime-wait", reap)) == nil { reap() }  // killed: this wait is short
             }
         }
         timer.cancel()

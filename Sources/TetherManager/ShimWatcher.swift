@@ -14,7 +14,7 @@ final class ShimWatcher: Sendable {
 
     init() throws(SysError) {
         epfd = FD(try check(tether_epoll_create(), "epoll_create1"))
-        OSThread.start("shim-watcher") { [self] in loop() }
+        try OSThread.start("shim-watcher") { [self] in loop() }
     }
 
     /// Calls `onExit` (on the watcher thread) when `pid` exits; with its exit

@@ -12,85 +12,77 @@ import TetherSys
 ///
 ///   exits/00000000000000000001.json   one ExitRecord each (protobuf JSON)
 ///
-/// The pipe is a FIFO the manager owns and keeps open for reading. A reporter
-/// thread opens it per batch with O_NONBLOCK: ENXIO means no manager is
+/// The pipe is a FIFO the manager owns and keeps open for reading. The
+/// journal opens it per batch with O_NONBLOCK: ENXIO means no manager is
 /// listening, and the records simply wait on disk until a manager calls
 /// Exits.Pending. Each record is one write of one line, under PIPE_BUF, so
-/// records from many shims never interleave in the shared pipe.
-final class ExitJournal: Sendable {
+/// records from many shims never interleave in the shared pipe; a full pipe
+/// (a slow manager) is waited on through the shim's event loop, never by
+/// blocking it.
+final class ExitJournal: @unchecked Sendable {
     typealias Record = Tether_Shim_V1_ExitRecord
 
-    private struct State {
-        var nextSeq: UInt64 = 1
-        var pending: [UInt64: Record] = [:]
-        var sentUpTo: UInt64 = 0
-    }
-
+    private let loop: EventLoop
     private let dir: String
     private let fifoPath: String
     private let namespace: String
     private let taskID: String
     private let instance: String
-    private let state = Mutex(State())
-    private let wake: FD
+    private var nextSeq: UInt64 = 1
+    private var pendingRecords: [UInt64: Record] = [:]
+    private var sentUpTo: UInt64 = 0
+    /// The pipe while a batch waits for room in it.
+    private var sending: (fd: FD, source: EventLoop.Source)?
 
-    init(dir: String, fifoPath: String, namespace: String, taskID: String, instance: String) throws(SysError) {
+    init(loop: EventLoop, dir: String, fifoPath: String, namespace: String, taskID: String, instance: String) throws(SysError) {
+        self.loop = loop
         self.dir = dir
         self.fifoPath = fifoPath
         self.namespace = namespace
         self.taskID = taskID
         self.instance = instance
-        wake = FD(try check(tether_eventfd(0), "eventfd"))
         try Files.makeDirectories(dir)
         let loaded = Self.load(dir)
-        state.withLock { s in
-            for r in loaded { s.pending[r.seq] = r }
-            s.nextSeq = (loaded.map(\.seq).max() ?? 0) + 1
-        }
-        OSThread.start("exit-reporter") { [self] in reporterLoop() }
-        if !loaded.isEmpty { poke() }
+        for r in loaded { pendingRecords[r.seq] = r }
+        nextSeq = (loaded.map(\.seq).max() ?? 0) + 1
+        if !loaded.isEmpty { loop.execute { [self] in sendUnsent() } }
     }
 
-    /// Records an exit durably, then hands it to the reporter.
+    /// Records an exit durably, then sends it to the manager.
     @discardableResult
     func record(pid: Int32, execID: String, code: Int32, at: WallTime) -> Record {
-        let r = state.withLock { s -> Record in
-            var r = Record()
-            r.seq = s.nextSeq
-            r.namespace = namespace
-            r.id = taskID
-            r.execID = execID
-            r.pid = UInt32(bitPattern: pid)
-            r.exitStatus = UInt32(bitPattern: code)
-            r.exitedAt = .init(seconds: at.seconds, nanos: at.nanos)
-            r.instance = instance
-            s.nextSeq += 1
-            s.pending[r.seq] = r
-            return r
-        }
+        var r = Record()
+        r.seq = nextSeq
+        r.namespace = namespace
+        r.id = taskID
+        r.execID = execID
+        r.pid = UInt32(bitPattern: pid)
+        r.exitStatus = UInt32(bitPattern: code)
+        r.exitedAt = .init(seconds: at.seconds, nanos: at.nanos)
+        r.instance = instance
+        nextSeq += 1
+        pendingRecords[r.seq] = r
         do {
             try Files.writeAtomically(path(r.seq), Array(try r.jsonString().utf8) + [0x0A])
         } catch {
             ShimLog.error("exit record \(r.seq) (pid \(pid), status \(code)) not saved: \(error); it lives in memory only")
         }
         ShimLog.info("exit: pid \(pid) exec \"\(execID)\" status \(code), record \(r.seq)")
-        poke()
+        sendUnsent()
         return r
     }
 
     /// Records the manager has not acknowledged, oldest first.
     func pending() -> [Record] {
-        state.withLock { $0.pending.values.sorted { $0.seq < $1.seq } }
+        pendingRecords.values.sorted { $0.seq < $1.seq }
     }
 
     /// The manager has stored every record up to `seq`: forget them.
     func ack(upTo seq: UInt64) {
-        let done = state.withLock { s -> [UInt64] in
-            let done = s.pending.keys.filter { $0 <= seq }
-            for k in done { s.pending.removeValue(forKey: k) }
-            return done
+        for k in pendingRecords.keys where k <= seq {
+            pendingRecords.removeValue(forKey: k)
+            unlink(path(k))
         }
-        for k in done { unlink(path(k)) }
     }
 
     private func path(_ seq: UInt64) -> String {
@@ -113,27 +105,11 @@ final class ExitJournal: Sendable {
         return out
     }
 
-    private func poke() {
-        var one: UInt64 = 1
-        _ = Glibc.write(wake.raw, &one, 8)
-    }
+    // MARK: - sending
 
-    // MARK: - the reporter thread
-
-    private func reporterLoop() {
-        while true {
-            var v: UInt64 = 0
-            let n = Glibc.read(wake.raw, &v, 8)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { return }
-            sendUnsent()
-        }
-    }
-
+    /// Writes the records not yet sent, one line each, without ever blocking.
     private func sendUnsent() {
-        guard !fifoPath.isEmpty else { return }
-        let todo = state.withLock { s in s.pending.values.filter { $0.seq > s.sentUpTo }.sorted { $0.seq < $1.seq } }
-        guard !todo.isEmpty else { return }
+        guard !fifoPath.isEmpty, sending == nil else { return }
         let fd: FD
         do {
             fd = try FD.open(fifoPath, O_WRONLY | O_NONBLOCK)
@@ -141,16 +117,32 @@ final class ExitJournal: Sendable {
             ShimLog.debug("exit pipe \(fifoPath): \(error.message); records wait for Exits.Pending")
             return
         }
-        try? fd.setNonBlocking(false)  // a slow manager may block this thread, never the reaper
-        for r in todo {
+        write(on: fd)
+    }
+
+    private func write(on fd: FD) {
+        for r in pendingRecords.values.filter({ $0.seq > sentUpTo }).sorted(by: { $0.seq < $1.seq }) {
             guard let line = try? r.jsonString() else { continue }
-            do {
-                try fd.writeAll(Array(line.utf8) + [0x0A])
-            } catch {
-                ShimLog.warn("exit pipe \(fifoPath): \(error.message); record \(r.seq) waits for Exits.Pending")
+            let bytes = Array(line.utf8) + [0x0A]
+            // Under PIPE_BUF: the kernel writes it whole or not at all.
+            let n = bytes.withUnsafeBytes { Glibc.write(fd.raw, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EAGAIN {
+                // The manager is slow: wait for room, through the loop.
+                if sending == nil, let source = try? loop.add(fd.raw, events: UInt32(TETHER_EPOLLOUT), { [self] _ in
+                    guard let s = sending else { return }
+                    loop.remove(s.source)
+                    sending = nil
+                    write(on: s.fd)
+                }) {
+                    sending = (fd, source)
+                }
                 return
             }
-            state.withLock { $0.sentUpTo = max($0.sentUpTo, r.seq) }
+            if n < 0 {
+                ShimLog.warn("exit pipe \(fifoPath): \(SysError.last("write").message); record \(r.seq) waits for Exits.Pending")
+                return
+            }
+            sentUpTo = max(sentUpTo, r.seq)
         }
     }
 }

@@ -15,36 +15,51 @@ struct OCIRuntime: Sendable {
     let root: String
     let logPath: String
     let reaper: Reaper
+    /// How long a call that starts or restores a process may take (create,
+    /// start, exec, restore) before it is killed; the quick ones (kill,
+    /// pause, resume, ps, stats, update, delete) get at most 8 s of it, and
+    /// checkpoint five times it. A hung runtime never hangs the shim.
+    let timeout: UInt64
+
+    enum Kind { case long, quick, checkpoint }
+
+    func deadline(_ kind: Kind) -> UInt64 {
+        switch kind {
+        case .long: timeout
+        case .quick: min(timeout, 8_000_000_000)
+        case .checkpoint: timeout * 5
+        }
+    }
 
     /// `runtime create`: the container's init starts and waits on the exec
     /// fifo. `stdio` becomes the init's fds 0-2 (runc passes its own through);
     /// with a console socket the init gets a pty instead.
     func create(id: String, bundle: String, pidFile: String, stdio: [Int32], consoleSocket: String?) async throws {
         try await run(["create", "--bundle", bundle, "--pid-file", pidFile]
-                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio, cwd: bundle)
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], .long, stdio: stdio, cwd: bundle)
     }
 
     /// `runtime exec --detach`: starts the process described by the JSON at
     /// `processFile` in the container; its pid lands in `pidFile`.
     func exec(id: String, processFile: String, pidFile: String, stdio: [Int32], consoleSocket: String?) async throws {
         try await run(["exec", "--detach", "--process", processFile, "--pid-file", pidFile]
-                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio)
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], .long, stdio: stdio)
     }
 
     func start(id: String) async throws {
-        try await run(["start", id])
+        try await run(["start", id], .long)
     }
 
     func kill(id: String, signal: UInt32, all: Bool) async throws {
-        try await run(["kill"] + (all ? ["--all"] : []) + [id, String(signal)])
+        try await run(["kill"] + (all ? ["--all"] : []) + [id, String(signal)], .quick)
     }
 
     func delete(id: String, force: Bool) async throws {
-        try await run(["delete"] + (force ? ["--force"] : []) + [id])
+        try await run(["delete"] + (force ? ["--force"] : []) + [id], .quick)
     }
 
-    func pause(id: String) async throws { try await run(["pause", id]) }
-    func resume(id: String) async throws { try await run(["resume", id]) }
+    func pause(id: String) async throws { try await run(["pause", id], .quick) }
+    func resume(id: String) async throws { try await run(["resume", id], .quick) }
 
     /// `runtime ps --format json`: the pids of every process in the container.
     func ps(id: String, scratch: String) async throws -> [Int32] {
@@ -57,7 +72,7 @@ struct OCIRuntime: Sendable {
 
     /// `runtime update --resources FILE`: new LinuxResources (JSON) for a running container.
     func update(id: String, resourcesFile: String) async throws {
-        try await run(["update", "--resources", resourcesFile, id])
+        try await run(["update", "--resources", resourcesFile, id], .quick)
     }
 
     /// `runtime events --stats`: one JSON stats record from the container's cgroup.
@@ -68,7 +83,7 @@ struct OCIRuntime: Sendable {
     /// `runtime checkpoint` through CRIU into `imagePath`.
     func checkpoint(id: String, imagePath: String, workPath: String, leaveRunning: Bool) async throws {
         try await run(["checkpoint", "--image-path", imagePath, "--work-path", workPath]
-                      + (leaveRunning ? ["--leave-running"] : []) + [id])
+                      + (leaveRunning ? ["--leave-running"] : []) + [id], .checkpoint)
     }
 
     /// `runtime restore --detach`: the container from a checkpoint, running.
@@ -76,7 +91,7 @@ struct OCIRuntime: Sendable {
                  stdio: [Int32], consoleSocket: String?) async throws {
         try await run(["restore", "--detach", "--image-path", imagePath, "--work-path", workPath,
                        "--bundle", bundle, "--pid-file", pidFile]
-                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], stdio: stdio, cwd: bundle)
+                      + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], .checkpoint, stdio: stdio, cwd: bundle)
     }
 
     /// Runs the runtime with its stdout in a file under `scratch`, and returns it.
@@ -84,12 +99,12 @@ struct OCIRuntime: Sendable {
         let path = "\(scratch)/\(args[0])-\(UInt32.random(in: 0...UInt32.max)).out"
         let out = try FD.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         defer { unlink(path) }
-        try await run(args, stdio: [-1, out.raw, -1])
+        try await run(args, .quick, stdio: [-1, out.raw, -1])
         out.close()
         return try Files.read(path)
     }
 
-    private func run(_ args: [String], stdio: [Int32] = [-1, -1, -1], cwd: String? = nil) async throws {
+    private func run(_ args: [String], _ kind: Kind, stdio: [Int32] = [-1, -1, -1], cwd: String? = nil) async throws {
         var options = Spawn.Options()
         options.fds = stdio
         options.cwd = cwd
@@ -97,10 +112,13 @@ struct OCIRuntime: Sendable {
         let logOffset = Self.size(of: logPath)
         ShimLog.debug("exec \(argv.joined(separator: " "))")
         let code: Int32
+        let limit = deadline(kind)
         do {
-            code = try await reaper.run(binary, argv, options)
+            code = try await reaper.run(binary, argv, options, deadline: limit)
         } catch let e as SysError {
             throw RPCError(.failedPrecondition, "cannot run the OCI runtime \(binary): \(e.message)")
+        } catch is Reaper.DeadlinePassed {
+            throw RPCError(.deadlineExceeded, "\(Files.basename(binary)) \(args[0]) \(args.last ?? "") did not finish within \(limit / 1_000_000_000) s and was killed")
         }
         guard code == 0 else {
             let why = lastError(after: logOffset) ?? "exit status \(code), and no error in \(logPath)\(Self.fullDisk(logPath))"

@@ -2,17 +2,17 @@
 import Glibc
 #endif
 import CTether
-import SwiftProtobuf
-import Synchronization
 import TTRPC
 import TetherProto
 import TetherSys
 
-/// tether-shim's main: detach, become the child subreaper, serve the task API.
+/// tether-shim's main: detach, become the child subreaper, and serve the
+/// task API on one event loop, on the main thread. The reaper, the stdio
+/// relay, the exit journal and the ttrpc server are sources on that loop,
+/// and every request runs as a task on it: the shim has one thread.
 public enum ShimMain {
     public static func run(_ args: [String]) -> Never {
-        // One malloc arena for all threads: a shim allocates little, and each
-        // extra arena is dirty memory paid per task.
+        // One malloc arena: a shim allocates little, and has one thread.
         _ = tether_limit_malloc_arenas(1)
         let options: ShimOptions
         do {
@@ -22,19 +22,27 @@ public enum ShimMain {
             exit(2)
         }
         ShimLog.debugEnabled = options.debug
+        let loop: EventLoop
         do {
-            try serve(options)
+            loop = try serve(options)
         } catch {
             ShimLog.error("cannot start: \(error)")
             printError("tether-shim: \(error)")
             exit(1)
         }
-        while true { pause() }  // the threads do the work; exit comes from Shutdown
+        do {
+            try loop.run()
+        } catch {
+            fatal(options, "the event loop failed: \(error)")
+        }
+        exitCleanly(options)
     }
 
-    static func serve(_ options: ShimOptions) throws {
-        // Before any thread exists: every thread inherits this mask, and the
-        // reaper reads the blocked signals from a signalfd. SIGCHLD is never ignored.
+    /// Sets everything up on the main thread, before the loop runs: nothing
+    /// can happen to a piece before every piece exists.
+    static func serve(_ options: ShimOptions) throws -> EventLoop {
+        // Before any thread exists: the reaper reads the blocked signals from
+        // a signalfd. SIGCHLD is never ignored.
         Reaper.blockSignals()
         _ = tether_ignore_signal(SIGPIPE)
         // The runtime and the container inherit this: the usual 022, whatever
@@ -54,29 +62,31 @@ public enum ShimMain {
         }
         try Files.makeDirectories(options.runtimeRoot)
 
-        let holder = ServiceHolder()
-        let reaper = Reaper { sig in
-            if holder.service?.isIdle ?? true {
+        let loop = try EventLoop()
+        let reaper = Reaper(loop: loop)
+        let journal = try ExitJournal(loop: loop, dir: options.exitsDir, fifoPath: options.exitFifo,
+                                      namespace: options.namespace, taskID: options.id, instance: options.instance)
+        let runtime = OCIRuntime(binary: binary, root: options.runtimeRoot, logPath: options.runtimeLog, reaper: reaper,
+                                 timeout: options.runtimeTimeout * 1_000_000_000)
+        let container = Container(options: options, reaper: reaper, runtime: runtime, relay: StdioRelay(loop: loop),
+                                  journal: journal, loop: loop)
+        reaper.onSignal = { sig in
+            if container.isIdle {
                 ShimLog.info("signal \(sig) with no container left: exiting")
-                ShimMain.exitCleanly(options)
+                exitCleanly(options)
             }
             ShimLog.warn("ignored signal \(sig): task \(options.id) still has a container; delete it first (or SIGKILL the shim)")
         }
+        reaper.onFatal = { error in fatal(options, "the reaper failed: \(error)") }
         try reaper.start()
-        let journal = try ExitJournal(dir: options.exitsDir, fifoPath: options.exitFifo,
-                                      namespace: options.namespace, taskID: options.id, instance: options.instance)
-        let service = TaskService(
-            options: options, reaper: reaper,
-            runtime: OCIRuntime(binary: binary, root: options.runtimeRoot, logPath: options.runtimeLog, reaper: reaper),
-            relay: try StdioRelay(), journal: journal)
-        holder.service = service
 
-        let server = TTRPCServer(name: TaskService.version, registry: registry(service, journal, options)) { ShimLog.warn($0) }
+        let server = TTRPCServer(name: Container.version, registry: TaskAPI.registry(container) { exitCleanly(options) },
+                                 loop: loop) { ShimLog.warn($0) }
         unlink(options.socketPath)
         let listener = try UnixSocket.listen(options.socketPath)
         chmod(options.socketPath, 0o600)
         try Files.writeAtomically(options.shimPidFile, Array("\(getpid())\n".utf8), mode: 0o644)
-        server.serve(listener)
+        try server.serve(listener)
         ShimLog.info("serving task \(options.namespace)/\(options.id) on \(options.socketPath) (runtime \(binary))")
 
         if options.readyFD >= 0 {
@@ -89,54 +99,18 @@ public enum ShimMain {
             }
             ready.close()
         }
+        return loop
     }
 
-    static func registry(_ s: TaskService, _ journal: ExitJournal, _ options: ShimOptions) -> TTRPCServer.Registry {
-        let task = "containerd.task.v2.Task"
-        var r = TTRPCServer.Registry()
-        r.add(task, "Create", s.create)
-        r.add(task, "Start", s.start)
-        r.add(task, "State", s.state)
-        r.add(task, "Kill", s.kill)
-        r.add(task, "Wait", s.wait)
-        r.add(task, "Delete", s.delete)
-        r.add(task, "Connect", s.connect)
-        r.add(task, "Exec", s.exec)
-        r.add(task, "CloseIO", s.closeIO)
-        r.add(task, "ResizePty", s.resizePty)
-        r.add(task, "Pause", s.pause)
-        r.add(task, "Resume", s.resume)
-        r.add(task, "Pids", s.pids)
-        r.add(task, "Update", s.update)
-        r.add(task, "Checkpoint", s.checkpoint)
-        r.add(task, "Stats", s.stats)
-        let exiting = Atomic<Bool>(false)
-        r.add(task, "Shutdown") { (req: Containerd_Task_V2_ShutdownRequest) async throws -> Google_Protobuf_Empty in
-            try s.checkID(req.id)
-            if req.now || s.isIdle {
-                ShimLog.info("shutdown requested\(req.now ? " (now): killing what is left of the task," : ""): exiting")
-                if req.now { s.reaper.killAll() }
-                exiting.store(true, ordering: .sequentiallyConsistent)
-            } else {
-                ShimLog.info("shutdown requested while the task still has a container: staying")
-            }
-            return Google_Protobuf_Empty()
-        }
-        // Answer first, then exit: the manager sees the reply, not a closed socket.
-        r.afterReply(task, "Shutdown") {
-            if exiting.load(ordering: .sequentiallyConsistent) { exitCleanly(options) }
-        }
-        let exits = "tether.shim.v1.Exits"
-        r.add(exits, "Pending") { (_: Tether_Shim_V1_PendingRequest) async throws -> Tether_Shim_V1_PendingResponse in
-            var out = Tether_Shim_V1_PendingResponse()
-            out.records = journal.pending()
-            return out
-        }
-        r.add(exits, "Ack") { (req: Tether_Shim_V1_AckRequest) async throws -> Google_Protobuf_Empty in
-            journal.ack(upTo: req.seq)
-            return Google_Protobuf_Empty()
-        }
-        return r
+    /// The shim cannot go on (its loop or its reaper broke): it says why in
+    /// its bundle, where the manager reads it when it sees the shim gone, and
+    /// exits. The manager then records the task's exit with that reason and
+    /// takes the container down; nothing is left running unwatched.
+    static func fatal(_ options: ShimOptions, _ reason: String) -> Never {
+        ShimLog.error("fatal: \(reason); exiting")
+        try? Files.writeAtomically(options.fatalFile, Array((reason + "\n").utf8))
+        unlink(options.socketPath)
+        exit(70)
     }
 
     static func exitCleanly(_ options: ShimOptions) -> Never {
@@ -145,10 +119,15 @@ public enum ShimMain {
     }
 }
 
-/// Lets the signal handler find the service created after it.
-final class ServiceHolder: @unchecked Sendable {
-    // Written once on the main thread before any signal is read.
-    nonisolated(unsafe) var service: TaskService?
+/// Test faults, from TETHER_SHIM_FAULT (a comma-separated list): how the
+/// tests prove that a broken part takes the shim down where the manager sees it.
+enum Faults {
+    static let list: Set<String> = {
+        guard let v = getenv("TETHER_SHIM_FAULT") else { return [] }
+        return Set(String(cString: v).split(separator: ",").map(String.init))
+    }()
+
+    static func has(_ name: String) -> Bool { list.contains(name) }
 }
 
 /// One line on stderr, in one write.

@@ -11,6 +11,8 @@ public struct ShimOptions: Sendable {
     public var runtime = "runc"
     /// The OCI runtime's --root (its own state directory).
     public var runtimeRoot = "/run/tether/runc/default"
+    /// Seconds a runtime call that starts a process may take before it is killed (OCIRuntime).
+    public var runtimeTimeout: UInt64 = 60
     /// The manager's exit pipe (a FIFO); empty when no manager listens.
     public var exitFifo = ""
     /// The task incarnation, echoed in exit records.
@@ -21,7 +23,7 @@ public struct ShimOptions: Sendable {
 
     public static let usage = """
         usage: tether-shim --id ID --bundle DIR [--namespace NS] [--runtime runc|PATH]
-                           [--runtime-root DIR] [--exit-fifo PATH] [--instance X]
+                           [--runtime-root DIR] [--runtime-timeout SECONDS] [--exit-fifo PATH] [--instance X]
                            [--ready-fd N] [--debug]
         Serves containerd's shim v2 task API over ttrpc at DIR/shim.sock for one task.
         """
@@ -29,6 +31,8 @@ public struct ShimOptions: Sendable {
     public var socketPath: String { "\(bundle)/shim.sock" }
     public var exitsDir: String { "\(bundle)/exits" }
     public var initPidFile: String { "\(bundle)/init.pid" }
+    /// Why the shim had to stop, when it did (read by the manager).
+    public var fatalFile: String { "\(bundle)/shim.fatal" }
     public var shimPidFile: String { "\(bundle)/shim.pid" }
     public var runtimeLog: String { "\(bundle)/log.json" }
 
@@ -57,6 +61,11 @@ public struct ShimOptions: Sendable {
             case "--bundle": o.bundle = try value(arg, inline)
             case "--runtime": o.runtime = try value(arg, inline)
             case "--runtime-root": o.runtimeRoot = try value(arg, inline)
+            case "--runtime-timeout":
+                guard let t = UInt64(try value(arg, inline)), (1...3600).contains(t) else {
+                    throw ShimUsageError("--runtime-timeout needs a number of seconds from 1 to 3600")
+                }
+                o.runtimeTimeout = t
             case "--exit-fifo": o.exitFifo = try value(arg, inline)
             case "--instance": o.instance = try value(arg, inline)
             case "--ready-fd":

@@ -1,16 +1,24 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CTether
 import SwiftProtobuf
-import Synchronization
 import TTRPC
 import TetherProto
 import TetherSys
 
 /// One process of the task as the shim sees it: the init (exec id "") or an
-/// exec'd process. Holds its pid, its exit once reaped, the callers waiting
-/// for that exit, and its stdio.
-final class ShimProcess: Sendable {
+/// exec'd process. It owns its stdio (and so its pty) from the moment it is
+/// launched until it is deleted, and holds its pid, its exit once reaped and
+/// the callers waiting for that exit. Used only on the shim's event loop.
+///
+/// Its states and every move between them are here, in one place:
+///
+///     created ──beginStart──▶ starting ──started──▶ running ◀──resumed── paused (init only)
+///        ▲                       │                     │ ──frozen──▶
+///        └──────startFailed──────┘                     │
+///     any but deleted ──exited──▶ stopped ──delete──▶ deleted ◀──delete── created
+final class ShimProcess: @unchecked Sendable {
     enum Phase: String, Sendable {
         case created, starting, running, paused, stopped, deleted
     }
@@ -22,93 +30,102 @@ final class ShimProcess: Sendable {
         var timestamp: Google_Protobuf_Timestamp { .init(seconds: at.seconds, nanos: at.nanos) }
     }
 
-    private struct State {
-        var phase = Phase.created
-        var pid: Int32 = 0
-        var exit: ExitInfo?
-        var exitWaiters: [CheckedContinuation<ExitInfo, Never>] = []
-        var outputDone = false
-        var outputWaiters: [@Sendable () -> Void] = []
-        var stdio: ProcessStdio?
-        /// A size asked for before the pty existed (an exec not started yet).
-        var pendingSize: (width: UInt32, height: UInt32)?
-    }
-
     let execID: String
     let io: IOPaths
-    private let state = Mutex(State())
+    private let loop: EventLoop
+    private(set) var phase = Phase.created
+    private(set) var pid: Int32 = 0
+    private(set) var exit: ExitInfo?
+    private var exitWaiters: [CheckedContinuation<ExitInfo, Never>] = []
+    private var outputDone = false
+    private var outputWaiters: [() -> Void] = []
+    private(set) var stdio: ProcessStdio?
+    /// A size asked for before the pty existed (an exec not started yet).
+    private(set) var pendingSize: (width: UInt32, height: UInt32)?
 
-    init(execID: String, io: IOPaths) {
+    init(execID: String, io: IOPaths, loop: EventLoop) {
         self.execID = execID
         self.io = io
+        self.loop = loop
     }
 
-    /// "the init of t1" or "exec e1".
-    var name: String { execID.isEmpty ? "the task's init" : "exec \"\(execID)\"" }
+    var isInit: Bool { execID.isEmpty }
+    /// "the task's init" or "exec \"e1\"".
+    var name: String { isInit ? "the task's init" : "exec \"\(execID)\"" }
+    var isAlive: Bool { exit == nil && (phase == .running || phase == .paused || phase == .starting) }
 
-    var phase: Phase { state.withLock { $0.phase } }
-    var pid: Int32 { state.withLock { $0.pid } }
-    var exit: ExitInfo? { state.withLock { $0.exit } }
+    // MARK: - transitions
 
-    /// Moves from one phase to another, or throws with what the phase is.
-    func transition(from: Set<Phase>, to: Phase, what: String) throws(RPCError) {
-        try state.withLock { (s) throws(RPCError) in
-            guard from.contains(s.phase) else {
-                if s.exit != nil { throw RPCError(.notFound, "process already finished: cannot \(what) \(name), it has exited") }
-                throw RPCError(.failedPrecondition, "cannot \(what) \(name): it is \(s.phase.rawValue)")
-            }
-            s.phase = to
-        }
+    private func refuse(_ what: String) -> RPCError {
+        if exit != nil { return RPCError(.notFound, "process already finished: cannot \(what) \(name), it has exited") }
+        return RPCError(.failedPrecondition, "cannot \(what) \(name): it is \(phase.rawValue)")
     }
 
-    func set(phase: Phase) { state.withLock { $0.phase = phase } }
-
-    /// from → to, unless the process has exited meanwhile.
-    func moveIfAlive(from: Phase, to: Phase) {
-        state.withLock { s in if s.phase == from && s.exit == nil { s.phase = to } }
+    /// created → starting.
+    func beginStart() throws(RPCError) {
+        guard phase == .created else { throw refuse("start") }
+        phase = .starting
     }
 
-    /// The runtime started it: record pid and stdio (the phase moves to
-    /// running unless it has already exited). A nil stdio keeps the one it has.
+    /// The runtime made it: its pid and stdio (nil keeps what it has). The
+    /// phase does not move: a created init waits for Start.
+    func attach(pid: Int32, stdio: ProcessStdio?) {
+        self.pid = pid
+        if let stdio { self.stdio = stdio }
+    }
+
+    /// The runtime started it: starting → running, unless it has exited meanwhile.
     func started(pid: Int32, stdio: ProcessStdio?) {
-        state.withLock { s in
-            s.pid = pid
-            if let stdio { s.stdio = stdio }
-            if s.phase == .starting || s.phase == .created { s.phase = .running }
-        }
+        attach(pid: pid, stdio: stdio)
+        if phase == .starting || phase == .created { phase = exit == nil ? .running : .stopped }
     }
 
+    /// A start that failed: back to created, unless a process did run (then
+    /// its exit, recorded or on its way, makes it stopped).
+    func startFailed() {
+        if phase == .starting { phase = exit == nil ? .created : .stopped }
+    }
+
+    /// Checks that pause (or resume) can begin: running (or paused), the init.
+    func checkFreeze(_ frozen: Bool) throws(RPCError) {
+        guard isInit else { throw RPCError(.failedPrecondition, "only the task's init is paused and resumed: \(name) follows it") }
+        guard phase == (frozen ? .running : .paused) else { throw refuse(frozen ? "pause" : "resume") }
+    }
+
+    /// The freezer acted: running ⇄ paused, unless it has exited meanwhile.
+    func frozen(_ on: Bool) {
+        guard exit == nil else { return }
+        if on && phase == .running { phase = .paused }
+        if !on && phase == .paused { phase = .running }
+    }
 
     /// Records the exit and wakes the waiters. The caller has written the exit record first.
     func exited(_ info: ExitInfo) {
-        let waiters = state.withLock { s in
-            s.exit = info
-            if s.phase != .deleted { s.phase = .stopped }
-            let w = s.exitWaiters
-            s.exitWaiters = []
-            return w
-        }
+        guard exit == nil else { return }
+        exit = info
+        if phase != .deleted { phase = .stopped }
+        let waiters = exitWaiters
+        exitWaiters = []
         for w in waiters { w.resume(returning: info) }
     }
 
+    /// created or stopped → deleted.
+    func markDeleted() throws(RPCError) {
+        guard phase == .created || phase == .stopped else { throw refuse("delete") }
+        phase = .deleted
+    }
+
+    // MARK: - waiting
+
     func waitForExit() async -> ExitInfo {
-        await withCheckedContinuation { (c: CheckedContinuation<ExitInfo, Never>) in
-            let done = state.withLock { s -> ExitInfo? in
-                if let e = s.exit { return e }
-                s.exitWaiters.append(c)
-                return nil
-            }
-            if let done { c.resume(returning: done) }
-        }
+        if let exit { return exit }
+        return await withCheckedContinuation { exitWaiters.append($0) }
     }
 
     func outputFinished() {
-        let waiters = state.withLock { s in
-            s.outputDone = true
-            let w = s.outputWaiters
-            s.outputWaiters = []
-            return w
-        }
+        outputDone = true
+        let waiters = outputWaiters
+        outputWaiters = []
         for w in waiters { w() }
     }
 
@@ -116,60 +133,58 @@ final class ShimProcess: Sendable {
     /// passes. No wait at all when every output stream is stuck on a FIFO
     /// nobody reads: that output has nowhere to go.
     func waitForOutput(timeoutNanos: UInt64, relay: StdioRelay) async -> Bool {
-        if let streams = state.withLock({ $0.outputDone ? nil : $0.stdio?.outputStreams }),
-           !streams.isEmpty, streams.allSatisfy(relay.isBlocked) {
-            return false
-        }
-        return await waitForEvent(timeoutNanos: timeoutNanos) { done in
-            let already = state.withLock { s -> Bool in
-                if s.outputDone || s.stdio == nil { return true }
-                s.outputWaiters.append(done)
-                return false
+        guard let streams = stdio?.outputStreams, !outputDone else { return true }
+        if !streams.isEmpty && streams.allSatisfy(relay.isBlocked) { return false }
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            var done = false
+            let timer = loop.after(timeoutNanos) {
+                if !done { done = true; c.resume(returning: false) }
             }
-            if already { done() }
+            outputWaiters.append { [loop] in
+                if !done { done = true; loop.cancel(timer); c.resume(returning: true) }
+            }
         }
     }
 
+    // MARK: - stdio
+
     /// Signals the process, unless it has been reaped already.
     func signal(_ sig: Int32, reaper: Reaper) throws {
-        let pid = state.withLock { $0.pid }
         guard pid > 0, try reaper.signal(pid, sig) else {
             throw RPCError(.notFound, "process already finished: \(name) has exited")
         }
     }
 
     func closeStdin(relay: StdioRelay) throws(RPCError) {
-        guard let stream = state.withLock({ $0.stdio?.stdinStream }) else {
+        guard let stream = stdio?.stdinStream else {
             throw RPCError(.failedPrecondition, "\(name) has no stdin to close (it was created without one)")
         }
         relay.closeWhenDrained(stream)
     }
 
+    /// Sets the pty's size. The master is this process's own (its stdio's),
+    /// closed only by `releaseStdio` on the same thread: the ioctl can never
+    /// reach an fd number the kernel has given to something else.
     func resize(width: UInt32, height: UInt32) throws(RPCError) {
         guard io.terminal else {
             throw RPCError(.failedPrecondition, "\(name) has no terminal: ResizePty needs a process started with terminal: true")
         }
-        let console = try state.withLock { (s) throws(RPCError) -> FD? in
-            if let c = s.stdio?.console { return c }
-            guard s.phase == .created || s.phase == .starting else {
-                throw RPCError(.failedPrecondition, "\(name) has no pty any more (it has exited)")
-            }
-            s.pendingSize = (width, height)  // applied when its pty arrives at start
-            return nil
+        if let console = stdio?.console {
+            try Self.setSize(console, width: width, height: height, name: name)
+            return
         }
-        if let console { try Self.setSize(console, width: width, height: height, name: name) }
+        guard phase == .created || phase == .starting else {
+            throw RPCError(.failedPrecondition, "\(name) has no pty any more (it has exited)")
+        }
+        pendingSize = (width, height)  // applied when its pty arrives at start
     }
-
-    /// The size asked for before start, if any.
-    var pendingSize: (width: UInt32, height: UInt32)? { state.withLock { $0.pendingSize } }
 
     /// Applies a size asked for before the pty existed.
     func applyPendingSize() {
-        let (console, size) = state.withLock { s in
-            defer { s.pendingSize = nil }
-            return (s.stdio?.console, s.pendingSize)
+        if let console = stdio?.console, let size = pendingSize {
+            try? Self.setSize(console, width: size.width, height: size.height, name: name)
         }
-        if let console, let size { try? Self.setSize(console, width: size.width, height: size.height, name: name) }
+        pendingSize = nil
     }
 
     private static func setSize(_ console: FD, width: UInt32, height: UInt32, name: String) throws(RPCError) {
@@ -177,40 +192,33 @@ final class ShimProcess: Sendable {
         if rc < 0 { throw RPCError(.internal, "ioctl(TIOCSWINSZ) on \(name)'s pty: \(SysError("ioctl", errno: -rc).message)") }
     }
 
-    /// Closes its stdio and forgets it.
+    /// Closes its stdio (pty included) and forgets it.
     func releaseStdio(relay: StdioRelay) {
-        let stdio = state.withLock { s in
-            defer { s.stdio = nil }
-            return s.stdio
-        }
         stdio?.remove(from: relay)
+        stdio = nil
     }
 
     func stateResponse(taskID: String, bundle: String) -> Containerd_Task_V2_StateResponse {
-        state.withLock { s in
-            var out = Containerd_Task_V2_StateResponse()
-            out.id = taskID
-            out.execID = execID
-            out.bundle = bundle
-            out.pid = UInt32(s.pid)
-            out.stdin = io.stdin
-            out.stdout = io.stdout
-            out.stderr = io.stderr
-            out.terminal = io.terminal
-            switch s.phase {
-            case .created, .starting: out.status = .created
-            case .running: out.status = .running
-            case .paused: out.status = .paused
-            case .stopped, .deleted: out.status = .stopped
-            }
-            if let e = s.exit {
-                out.status = .stopped
-                out.exitStatus = e.code
-                out.exitedAt = e.timestamp
-            }
-            return out
+        var out = Containerd_Task_V2_StateResponse()
+        out.id = isInit ? taskID : execID
+        out.execID = execID
+        out.bundle = bundle
+        out.pid = UInt32(bitPattern: pid)
+        out.stdin = io.stdin
+        out.stdout = io.stdout
+        out.stderr = io.stderr
+        out.terminal = io.terminal
+        switch phase {
+        case .created, .starting: out.status = .created
+        case .running: out.status = .running
+        case .paused: out.status = .paused
+        case .stopped, .deleted: out.status = .stopped
         }
+        if let e = exit {
+            out.status = .stopped
+            out.exitStatus = e.code
+            out.exitedAt = e.timestamp
+        }
+        return out
     }
 }
-
-import CTether

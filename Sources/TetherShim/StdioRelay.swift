@@ -6,7 +6,7 @@ import Synchronization
 import TetherSys
 
 /// Moves bytes between a container's stdio pipes and the task's FIFOs (or
-/// files), on one epoll thread for the whole shim. With splice(2) the bytes
+/// files), on the shim's event loop. With splice(2) the bytes
 /// never enter the shim's memory; where splice cannot work (a tty, say) it
 /// falls back to read/write through one 64 KiB buffer for the whole relay;
 /// a stream keeps only what its destination has not taken yet.
@@ -15,19 +15,12 @@ import TetherSys
 /// reading its source, so a container writing to an unread stdout blocks once
 /// the pipes fill, and the shim's memory stays flat.
 ///
-/// Only the relay thread touches the streams' fds: other threads send it
-/// commands (add, close-when-drained, remove) and wake it with an eventfd.
-final class StdioRelay: Sendable {
+/// Everything runs on the loop's thread: a stream's fds are the relay's
+/// from `add` on, and closed by it alone.
+final class StdioRelay: @unchecked Sendable {
     typealias StreamID = UInt64
 
-    private enum Command: Sendable {
-        case add(StreamID, Stream)
-        case closeWhenDrained(StreamID)
-        case remove(StreamID)
-    }
-
-    /// Handed to the relay thread in a command; from then on only that thread touches it.
-    private final class Stream: @unchecked Sendable {
+    private final class Stream {
         let src: FD
         let dst: FD
         let onDone: (@Sendable () -> Void)?
@@ -44,6 +37,8 @@ final class StdioRelay: Sendable {
         var pending: [UInt8] = []
         var sent = 0
         var hasPending: Bool { sent < pending.count }
+        var srcSource: EventLoop.Source?
+        var dstSource: EventLoop.Source?
 
         init(src: FD, dst: FD, tap: LogTap?, onDone: (@Sendable () -> Void)?) {
             self.src = src
@@ -54,112 +49,81 @@ final class StdioRelay: Sendable {
         }
     }
 
-    private let epfd: FD
-    /// The read/write fallback's buffer; only the relay thread touches it.
-    private nonisolated(unsafe) let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
-    private let wake: FD
-    private let commands = Mutex<[Command]>([])
+    private let loop: EventLoop
+    /// The read/write fallback's buffer.
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    private var streams: [StreamID: Stream] = [:]
     /// Streams waiting for room at their destination (nobody reads it).
-    private let blocked = Mutex<Set<StreamID>>([])
-    private let nextID = Atomic<UInt64>(1)
+    private var blocked: Set<StreamID> = []
+    private var nextID: StreamID = 1
 
-    init() throws(SysError) {
-        epfd = FD(try check(tether_epoll_create(), "epoll_create1"))
-        wake = FD(try check(tether_eventfd(1), "eventfd"))
-        _ = try check(tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), wake.raw, UInt32(TETHER_EPOLLIN), 0), "epoll_ctl")
-        OSThread.start("stdio") { [self] in loop() }
-    }
+    init(loop: EventLoop) { self.loop = loop }
 
     /// Copies `src` to `dst` until `src` reaches end of file (every writer
-    /// closed), then closes both and calls `onDone` on the relay thread.
-    /// The relay owns both fds from now on.
+    /// closed), then closes both and calls `onDone`. The relay owns both fds
+    /// from now on.
     @discardableResult
     func add(from src: FD, to dst: FD, tap: LogTap? = nil, onDone: (@Sendable () -> Void)? = nil) -> StreamID {
-        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        send(.add(id, Stream(src: src, dst: dst, tap: tap, onDone: onDone)))
+        let id = nextID
+        nextID += 1
+        let s = Stream(src: src, dst: dst, tap: tap, onDone: onDone)
+        _ = tether_set_nonblock(s.src.raw, 1)
+        _ = tether_set_nonblock(s.dst.raw, 1)
+        streams[id] = s
+        do {
+            s.srcSource = try loop.add(s.src.raw, events: UInt32(TETHER_EPOLLIN)) { [self] _ in pumpIfLive(id) }
+        } catch {
+            if error.errno == EPERM {
+                s.srcPollable = false  // a regular file or a device: always readable
+            } else {
+                ShimLog.error("stdio: cannot watch \(s.src): \(error)")
+                finish(id, s)
+                return id
+            }
+        }
+        // Regular files cannot be polled (EPERM); they are always writable.
+        s.dstSource = try? loop.add(s.dst.raw, events: 0) { [self] events in dstReady(id, events) }
+        if s.dstSource == nil { s.dstPollable = false }
+        // Not now: the caller is still setting the stream up, and onDone
+        // must not run inside it. epoll brings a pollable source back
+        // anyway; this covers one it cannot watch.
+        loop.execute { [self] in pumpIfLive(id) }
         return id
     }
 
     /// Finishes the stream once `src` has nothing more to read right now:
     /// for stdin, whose FIFO never reaches end of file (the shim holds a writer).
-    func closeWhenDrained(_ id: StreamID) { send(.closeWhenDrained(id)) }
+    func closeWhenDrained(_ id: StreamID) {
+        guard let s = streams[id] else { return }
+        s.closeWhenDrained = true
+        pump(id, s)
+    }
 
     /// Drops the stream now, closing both fds.
-    func remove(_ id: StreamID) { send(.remove(id)) }
+    func remove(_ id: StreamID) {
+        if let s = streams[id] { finish(id, s, notify: false) }
+    }
 
     /// Is this stream stuck on a full destination (a FIFO nobody reads)?
-    func isBlocked(_ id: StreamID) -> Bool { blocked.withLock { $0.contains(id) } }
+    func isBlocked(_ id: StreamID) -> Bool { blocked.contains(id) }
 
-    private func send(_ c: Command) {
-        commands.withLock { $0.append(c) }
-        var one: UInt64 = 1
-        _ = Glibc.write(wake.raw, &one, 8)
+    private func pumpIfLive(_ id: StreamID) {
+        if let s = streams[id] { pump(id, s) }
     }
 
-    // MARK: - the relay thread
-
-    private func loop() {
-        var streams: [StreamID: Stream] = [:]
-        var datas = [UInt64](repeating: 0, count: 64)
-        var events = [UInt32](repeating: 0, count: 64)
-        while true {
-            let n = tether_epoll_wait(epfd.raw, &datas, &events, 64, -1)
-            if n < 0 {
-                ShimLog.error("stdio: epoll_wait: \(SysError("epoll_wait", errno: -n))")
-                return
-            }
-            for i in 0..<Int(n) {
-                let data = datas[i]
-                if data == 0 {
-                    var v: UInt64 = 0
-                    _ = Glibc.read(wake.raw, &v, 8)
-                    apply(commands.withLock { c in let all = c; c.removeAll(); return all }, &streams)
-                    continue
-                }
-                let id = data >> 1
-                guard let s = streams[id] else { continue }
-                let isDst = data & 1 == 1
-                if isDst && events[i] & (UInt32(TETHER_EPOLLERR) | UInt32(TETHER_EPOLLHUP)) != 0 {
-                    finish(id, s, &streams)  // nobody reads the destination any more
-                    continue
-                }
-                pump(id, s, &streams)
-            }
+    private func dstReady(_ id: StreamID, _ events: UInt32) {
+        guard let s = streams[id] else { return }
+        if events & (UInt32(TETHER_EPOLLERR) | UInt32(TETHER_EPOLLHUP)) != 0 {
+            finish(id, s)  // nobody reads the destination any more
+            return
         }
-    }
-
-    private func apply(_ list: [Command], _ streams: inout [StreamID: Stream]) {
-        for c in list {
-            switch c {
-            case .add(let id, let s):
-                _ = tether_set_nonblock(s.src.raw, 1)
-                _ = tether_set_nonblock(s.dst.raw, 1)
-                streams[id] = s
-                let rc = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
-                if rc == -EPERM {
-                    s.srcPollable = false  // a regular file or a device: always readable
-                } else if rc < 0 {
-                    ShimLog.error("stdio: cannot watch \(s.src): \(SysError("epoll_ctl", errno: -rc))")
-                    finish(id, s, &streams)
-                    continue
-                }
-                // Regular files cannot be polled (EPERM); they are always writable.
-                if tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.dst.raw, 0, id << 1 | 1) < 0 { s.dstPollable = false }
-                pump(id, s, &streams)
-            case .closeWhenDrained(let id):
-                guard let s = streams[id] else { continue }
-                s.closeWhenDrained = true
-                pump(id, s, &streams)
-            case .remove(let id):
-                if let s = streams[id] { finish(id, s, &streams, notify: false) }
-            }
-        }
+        pump(id, s)
     }
 
     private enum Outcome { case srcEmpty, dstFull, eof, failed }
 
     /// Moves what can be moved now, then waits on the right fd.
-    private func pump(_ id: StreamID, _ s: Stream, _ streams: inout [StreamID: Stream]) {
+    private func pump(_ id: StreamID, _ s: Stream) {
         var moved = 0
         var outcome = Outcome.srcEmpty
         while true {
@@ -187,9 +151,9 @@ final class StdioRelay: Sendable {
         }
         switch outcome {
         case .eof, .failed:
-            finish(id, s, &streams)
+            finish(id, s)
         case .srcEmpty where s.closeWhenDrained || !s.srcPollable:
-            finish(id, s, &streams)
+            finish(id, s)
         case .srcEmpty:
             if s.waitingForDst { waitFor(dst: false, id, s) }
         case .dstFull:
@@ -202,16 +166,17 @@ final class StdioRelay: Sendable {
     /// gone reports EPOLLHUP whatever events are asked for, and would spin us.
     private func waitFor(dst: Bool, _ id: StreamID, _ s: Stream) {
         s.waitingForDst = dst
-        blocked.withLock { if dst { $0.insert(id) } else { $0.remove(id) } }
+        if dst { blocked.insert(id) } else { blocked.remove(id) }
         if s.srcPollable {
-            if dst {
-                _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0)
-            } else {
-                _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_ADD), s.src.raw, UInt32(TETHER_EPOLLIN), id << 1)
+            if dst, let src = s.srcSource {
+                loop.remove(src)
+                s.srcSource = nil
+            } else if !dst && s.srcSource == nil {
+                s.srcSource = try? loop.add(s.src.raw, events: UInt32(TETHER_EPOLLIN)) { [self] _ in pumpIfLive(id) }
             }
         }
-        if s.dstPollable {
-            _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_MOD), s.dst.raw, dst ? UInt32(TETHER_EPOLLOUT) : 0, id << 1 | 1)
+        if let dstSource = s.dstSource {
+            try? loop.modify(dstSource, events: dst ? UInt32(TETHER_EPOLLOUT) : 0)
         }
     }
 
@@ -251,14 +216,16 @@ final class StdioRelay: Sendable {
         return poll(&p, 1, 0) == 1 && p.revents & Int16(POLLOUT) != 0
     }
 
-    private func finish(_ id: StreamID, _ s: Stream, _ streams: inout [StreamID: Stream], notify: Bool = true) {
-        if !s.waitingForDst && s.srcPollable { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.src.raw, 0, 0) }
-        if s.dstPollable { _ = tether_epoll_ctl(epfd.raw, Int32(TETHER_EPOLL_DEL), s.dst.raw, 0, 0) }
+    private func finish(_ id: StreamID, _ s: Stream, notify: Bool = true) {
+        if let src = s.srcSource { loop.remove(src) }
+        if let dst = s.dstSource { loop.remove(dst) }
+        s.srcSource = nil
+        s.dstSource = nil
         s.src.close()
         s.dst.close()
         s.tap?.close()
         streams.removeValue(forKey: id)
-        blocked.withLock { _ = $0.remove(id) }
+        blocked.remove(id)
         if notify { s.onDone?() }
     }
 }

@@ -12,8 +12,10 @@ public enum OSThread {
         init(_ name: String, _ body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
     }
 
-    /// Starts `body` on a new detached thread named `name` (at most 15 characters show in /proc).
-    public static func start(_ name: String, _ body: @escaping @Sendable () -> Void) {
+    /// Starts `body` on a new detached thread named `name` (at most 15
+    /// characters show in /proc). A thread that cannot be made (EAGAIN: too
+    /// many) is the caller's error to handle, never a crash.
+    public static func start(_ name: String, _ body: @escaping @Sendable () -> Void) throws(SysError) {
         let box = Unmanaged.passRetained(Box(name, body)).toOpaque()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
@@ -27,6 +29,9 @@ public enum OSThread {
             return nil
         }, box)
         pthread_attr_destroy(&attr)
-        precondition(rc == 0, "pthread_create: \(String(cString: strerror(rc)))")
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            throw SysError("pthread_create", errno: rc, name)
+        }
     }
 }

@@ -45,7 +45,7 @@ final class Attachment: @unchecked Sendable {
             guard let src else { continue }
             Self.enlargeIfPipe(dst)
             done.enter()
-            OSThread.start(dst == 1 ? "copy-stdout" : "copy-stderr") { [done] in
+            try OSThread.start(dst == 1 ? "copy-stdout" : "copy-stderr") { [done] in
                 Self.copyOut(src, to: dst)
                 done.leave()
             }
@@ -60,7 +60,7 @@ final class Attachment: @unchecked Sendable {
         }
         try fifo.setNonBlocking(false)
         let terminal = io.terminal
-        OSThread.start("copy-stdin") { [detached] in
+        try OSThread.start("copy-stdin") { [detached] in
             let detachedByKeys = Self.copyIn(to: fifo, watchDetachKeys: terminal)
             fifo.close()
             if detachedByKeys { detached.signal() } else if !terminal { closeIO() }

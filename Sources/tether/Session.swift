@@ -37,12 +37,12 @@ struct Session {
 
         let result = Box<Result<Outcome, any Error>>()
         let finished = DispatchSemaphore(value: 0)
-        OSThread.start("wait") {
+        try OSThread.start("wait") {
             result.set(Result { .exited(try wait()) })
             finished.signal()
         }
         let attachment = self.attachment
-        OSThread.start("detach-keys") {
+        try OSThread.start("detach-keys") {
             attachment.detached.wait()
             result.set(.success(.detached))
             finished.signal()

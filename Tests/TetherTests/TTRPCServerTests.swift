@@ -28,7 +28,12 @@ struct TTRPCServerTests {
         r.add("test.Echo", "Fail") { (_: Containerd_Task_V2_StateRequest) async throws -> Containerd_Task_V2_StateResponse in
             throw RPCError(.notFound, "no such thing")
         }
-        TTRPCServer(name: "test", registry: r, log: { _ in }).serve(try UnixSocket.listen(path))
+        // A server on an event loop of its own, as in the shim (there, the main thread's).
+        let loop = try EventLoop()
+        let server = TTRPCServer(name: "test", registry: r, loop: loop, log: { _ in })
+        let listener = try UnixSocket.listen(path)
+        loop.execute { try? server.serve(listener) }
+        try loop.runOnNewThread("test-loop")
     }
 
     func echo(_ c: TTRPCBlockingClient, _ id: String) throws -> String {
@@ -37,9 +42,8 @@ struct TTRPCServerTests {
         return try c.call("test.Echo", "Echo", req, as: Containerd_Task_V2_StateResponse.self).id
     }
 
-    // The server answers on the Swift concurrency pool, so the blocking client
-    // runs on a thread of its own (offPool): a test must never hold a pool
-    // thread while it waits for the server.
+    // The blocking client runs on a thread of its own (offPool): a test must
+    // never hold a concurrency pool thread while it waits for an answer.
     @Test("a call gets its answer; errors carry their code and message")
     func roundTrip() async throws { try await offPool { try roundTripBody() } }
 
@@ -156,8 +160,12 @@ func makeTempDir() throws -> String {
 /// Runs blocking test code on a thread of its own and awaits it.
 func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-        OSThread.start("test") {
-            do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+        do {
+            try OSThread.start("test") {
+                do { c.resume(returning: try body()) } catch { c.resume(throwing: error) }
+            }
+        } catch {
+            c.resume(throwing: error)
         }
     }
 }
