@@ -11,9 +11,9 @@ struct ShimLauncher: Sendable {
     let shimBinary: String
     let layout: Layout
     let debug: Bool
-
+    let runtimeTimeout: Int64
     /// How long a shim may take to listen.
-    static let readyTimeoutMs: Int32 = 10_000
+    let readyTimeoutMs: Int32
 
     /// A shim started and not yet known to be ready.
     struct Started: Sendable {
@@ -29,6 +29,7 @@ struct ShimLauncher: Sendable {
         var args = [shimBinary,
                     "--namespace", record.namespace, "--id", record.id, "--bundle", record.bundle,
                     "--runtime", record.runtime, "--runtime-root", layout.runtimeRoot(record.namespace),
+                    "--runtime-timeout", String(runtimeTimeout),
                     "--exit-fifo", layout.exitFifo, "--instance", record.instance, "--ready-fd", "3"]
         if debug { args.append("--debug") }
         var options = Spawn.Options()
@@ -43,18 +44,19 @@ struct ShimLauncher: Sendable {
 
     /// Waits (off the concurrency pool) for the shim to say it listens.
     func waitReady(_ shim: Started, _ record: TaskRecord) async throws {
-        let word = try await onThread("shim-ready") { try Self.readReady(shim.ready) }
+        let timeout = readyTimeoutMs
+        let word = try await onThread("shim-ready") { try Self.readReady(shim.ready, timeoutMs: timeout) }
         shim.ready.close()
         guard word == "ready" else {
-            let why = word == "timeout" ? "it did not listen within \(Self.readyTimeoutMs / 1000) s" : lastLogLine(record.bundle) ?? "no reason in its log"
+            let why = word == "timeout" ? "it did not listen within \(readyTimeoutMs / 1000) s" : lastLogLine(record.bundle) ?? "no reason in its log"
             throw RuntimeError(.internal, "tether-shim for \(record.namespace)/\(record.id) did not start: \(why)")
         }
     }
 
-    private static func readReady(_ fd: FD) throws -> String {
+    private static func readReady(_ fd: FD, timeoutMs: Int32) throws -> String {
         var p = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
         var n: Int32
-        repeat { n = poll(&p, 1, readyTimeoutMs) } while n < 0 && errno == EINTR
+        repeat { n = poll(&p, 1, timeoutMs) } while n < 0 && errno == EINTR
         if n == 0 { return "timeout" }
         let bytes = try fd.read(upTo: 64)
         return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -24,10 +24,18 @@ public struct ManagerConfig: Sendable {
     public var logger: Logger
     /// Where cgroup hierarchies are mounted (a test may emulate one elsewhere).
     public var cgroupRoot: String
+    /// Seconds a runtime call that starts a process may take before the shim
+    /// kills it (`tether-shim --runtime-timeout`); the manager's own timeouts
+    /// on its shims are derived from it (ShimTask.Timeouts).
+    public var runtimeTimeout: Int64
+    /// How long a new shim may take to say it listens before it is killed.
+    public var shimReadyTimeout: Int32
 
     public init(layout: Layout, runtime: String = "runc", shimBinary: String, debugShims: Bool = false,
                 monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd"),
-                cgroupRoot: String = "/sys/fs/cgroup") {
+                cgroupRoot: String = "/sys/fs/cgroup", runtimeTimeout: Int64 = 60, shimReadyTimeout: Int32 = 10) {
+        self.runtimeTimeout = runtimeTimeout
+        self.shimReadyTimeout = shimReadyTimeout
         self.layout = layout
         self.runtime = runtime
         self.shimBinary = shimBinary
@@ -68,7 +76,8 @@ public final class ShimRuntime: Runtime, Sendable {
     private init(config: ManagerConfig) throws {
         self.config = config
         group = MultiThreadedEventLoopGroup.singleton
-        launcher = ShimLauncher(shimBinary: config.shimBinary, layout: config.layout, debug: config.debugShims)
+        launcher = ShimLauncher(shimBinary: config.shimBinary, layout: config.layout, debug: config.debugShims,
+                                runtimeTimeout: config.runtimeTimeout, readyTimeoutMs: config.shimReadyTimeout * 1000)
         watcher = try ShimWatcher()
         cgroups = Cgroups(root: config.cgroupRoot)
         disk = NIOThreadPool(numberOfThreads: 4)
@@ -174,12 +183,8 @@ public final class ShimRuntime: Runtime, Sendable {
             req.stderr = opts.io.stderr
             req.checkpoint = opts.checkpoint
             if let options = opts.options { req.options = try Self.shimOptions(options) }
-            let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: .seconds(120))
-            try await onDisk { try task.update { r in
-                r.pid = resp.pid
-                r.phase = .created
-            } }
-            task.finishCreate()
+            let resp = try await task.rpc("Create", req, as: Containerd_Task_V2_CreateTaskResponse.self, timeout: task.timeouts.create)
+            try await onDisk { try task.finishCreate(pid: resp.pid) }
             events.publish(TaskEvent(namespace: namespace, topic: TaskEvent.Topic.create,
                                      event: .init(containerID: id, pid: resp.pid, bundle: bundle, checkpoint: opts.checkpoint.isEmpty ? nil : opts.checkpoint)))
             logger.info("created task", metadata: ["namespace": "\(namespace)", "id": "\(id)", "pid": "\(resp.pid)", "shim": "\(shim.pid)"])

@@ -37,7 +37,15 @@ struct Tetherd: AsyncParsableCommand {
     @Flag(help: "Start shims with --debug (their logs: STATE/tasks/NS/ID/shim.log).")
     var debugShims = false
 
+    @Option(help: "Seconds a runtime call that starts a process (create, start, exec) may take before it is killed; 1 to 3600.")
+    var runtimeTimeout: Int64 = 60
+
+    @Option(help: "Seconds a new shim may take to listen before it is killed; 1 to 600.")
+    var shimTimeout: Int32 = 10
+
     func validate() throws {
+        guard (1...3600).contains(runtimeTimeout) else { throw ValidationError("--runtime-timeout \(runtimeTimeout) is out of range: give 1 to 3600 seconds") }
+        guard (1...600).contains(shimTimeout) else { throw ValidationError("--shim-timeout \(shimTimeout) is out of range: give 1 to 600 seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown --log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
         }
@@ -80,7 +88,8 @@ struct Tetherd: AsyncParsableCommand {
         unlink(address)  // a stale socket from a manager that died
 
         let layout = Layout(root: root, state: state)
-        let config = ManagerConfig(layout: layout, runtime: runtime, shimBinary: shimBinary, debugShims: debugShims, logger: logger)
+        let config = ManagerConfig(layout: layout, runtime: runtime, shimBinary: shimBinary, debugShims: debugShims, logger: logger,
+                                   runtimeTimeout: runtimeTimeout, shimReadyTimeout: shimTimeout)
         let runtime = try await ShimRuntime.start(config)
         try Files.writeAtomically(layout.pidFile, Array("\(getpid())\n".utf8), mode: 0o644)
 
