@@ -24,7 +24,7 @@ public struct CreateTaskRequest: Codable, Sendable {
     /// through digit for digit (JSONValue keeps integers as integers).
     public var spec: JSONValue?
     /// Paths the shim opens for stdio (FIFOs or files), or
-    public var io: IO?
+    public var io: IOView?
     /// FIFOs the manager makes and keeps for the task's life, to attach to.
     public var fifos: FifoRequest?
     /// Also write stdout and stderr to a log file (CRI format).
@@ -35,7 +35,7 @@ public struct CreateTaskRequest: Codable, Sendable {
     public var checkpoint: String?
 
     public init(id: String, args: [String]? = nil, env: [String]? = nil, cwd: String? = nil, rootfs: String? = nil,
-                bundle: String? = nil, spec: JSONValue? = nil, io: IO? = nil, fifos: FifoRequest? = nil, log: LogRequest? = nil) {
+                bundle: String? = nil, spec: JSONValue? = nil, io: IOView? = nil, fifos: FifoRequest? = nil, log: LogRequest? = nil) {
         self.id = id
         self.args = args
         self.env = env
@@ -107,10 +107,10 @@ public struct ExecRequest: Codable, Sendable {
     public var args: [String]
     public var env: [String]?
     public var cwd: String?
-    public var io: IO?
+    public var io: IOView?
     public var fifos: FifoRequest?
 
-    public init(execID: String? = nil, args: [String], env: [String]? = nil, cwd: String? = nil, io: IO? = nil, fifos: FifoRequest? = nil) {
+    public init(execID: String? = nil, args: [String], env: [String]? = nil, cwd: String? = nil, io: IOView? = nil, fifos: FifoRequest? = nil) {
         self.execID = execID
         self.args = args
         self.env = env
@@ -126,10 +126,10 @@ public struct ProcessView: Codable, Sendable {
     public var execID: String
     public var pid: UInt32
     public var status: Status
-    public var exit: Exit?
-    public var io: IO
+    public var exit: ExitView?
+    public var io: IOView
 
-    public init(taskID: String, execID: String, pid: UInt32, status: Status, exit: Exit?, io: IO) {
+    public init(taskID: String, execID: String, pid: UInt32, status: Status, exit: ExitView?, io: IOView) {
         self.taskID = taskID
         self.execID = execID
         self.pid = pid
@@ -156,16 +156,16 @@ public struct TaskView: Codable, Sendable {
     public var id: String
     public var pid: UInt32
     public var status: Status
-    public var exit: Exit?
+    public var exit: ExitView?
     /// Set when the manager, not the shim, recorded the exit (a shim died).
     public var exitReason: String?
-    public var io: IO
+    public var io: IOView
     public var runtime: String
     /// The task's bundle and state directory (its shim's socket is shim.sock there).
     public var bundle: String?
     public var shimPid: Int32?
 
-    public init(namespace: String, id: String, pid: UInt32, status: Status, exit: Exit?, exitReason: String?, io: IO, runtime: String,
+    public init(namespace: String, id: String, pid: UInt32, status: Status, exit: ExitView?, exitReason: String?, io: IOView, runtime: String,
                 bundle: String? = nil, shimPid: Int32? = nil) {
         self.namespace = namespace
         self.id = id
@@ -177,6 +177,51 @@ public struct TaskView: Codable, Sendable {
         self.runtime = runtime
         self.bundle = bundle
         self.shimPid = shimPid
+    }
+}
+
+/// A process's exit, as the API carries it: `{"pid", "status", "timestamp"}`.
+/// The API's own shape (not the runtime API's `Exit`), so renaming a Swift
+/// property never changes the JSON.
+public struct ExitView: Codable, Sendable, Equatable {
+    public var pid: UInt32
+    /// The exit code, or 128 + the signal for a death by signal.
+    public var status: UInt32
+    public var timestamp: Date
+
+    public init(pid: UInt32, status: UInt32, timestamp: Date) {
+        self.pid = pid
+        self.status = status
+        self.timestamp = timestamp
+    }
+
+    public init(_ e: Exit) { self.init(pid: e.pid, status: e.status, timestamp: e.timestamp) }
+    public var exit: Exit { Exit(pid: pid, status: status, timestamp: timestamp) }
+}
+
+/// Stdio paths, as the API carries them: `{"stdin", "stdout", "stderr", "terminal"}`.
+public struct IOView: Codable, Sendable, Equatable {
+    public var stdin: String
+    public var stdout: String
+    public var stderr: String
+    public var terminal: Bool
+
+    public init(stdin: String = "", stdout: String = "", stderr: String = "", terminal: Bool = false) {
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.terminal = terminal
+    }
+
+    public init(_ io: IO) { self.init(stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, terminal: io.terminal) }
+    public var io: IO { IO(stdin: stdin, stdout: stdout, stderr: stderr, terminal: terminal) }
+
+    public init(from d: Decoder) throws {
+        let c = try d.container(keyedBy: CodingKeys.self)
+        stdin = try c.decodeIfPresent(String.self, forKey: .stdin) ?? ""
+        stdout = try c.decodeIfPresent(String.self, forKey: .stdout) ?? ""
+        stderr = try c.decodeIfPresent(String.self, forKey: .stderr) ?? ""
+        terminal = try c.decodeIfPresent(Bool.self, forKey: .terminal) ?? false
     }
 }
 

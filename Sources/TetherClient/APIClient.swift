@@ -56,8 +56,8 @@ public struct APIClient: Sendable {
     public func get(_ id: String) throws -> TaskView { try call("GET", try taskPath(id), bound: .question) }
     public func create(_ req: CreateTaskRequest) throws -> TaskView { try call("POST", try tasksPath(), req) }
     public func start(_ id: String) throws -> TaskView { try call("POST", "\(try taskPath(id))/start") }
-    public func wait(_ id: String) throws -> Exit { try call("POST", "\(try taskPath(id))/wait", bound: .unbounded) }
-    public func delete(_ id: String) throws -> Exit { try call("DELETE", try taskPath(id)) }
+    public func wait(_ id: String) throws -> ExitView { try call("POST", "\(try taskPath(id))/wait", bound: .unbounded) }
+    public func delete(_ id: String) throws -> ExitView { try call("DELETE", try taskPath(id)) }
 
     public func kill(_ id: String, signal: String, all: Bool) throws {
         let _: Empty = try call("POST", "\(try taskPath(id))/kill", KillRequest(signal: .name(signal), all: all))
@@ -135,8 +135,8 @@ public struct APIClient: Sendable {
     public func exec(_ id: String, _ req: ExecRequest) throws -> ProcessView { try call("POST", "\(try taskPath(id))/execs", req) }
     public func getExec(_ id: String, _ execID: String) throws -> ProcessView { try call("GET", try processPath(id, execID), bound: .question) }
     public func startExec(_ id: String, _ execID: String) throws -> ProcessView { try call("POST", "\(try processPath(id, execID))/start") }
-    public func waitExec(_ id: String, _ execID: String) throws -> Exit { try call("POST", "\(try processPath(id, execID))/wait", bound: .unbounded) }
-    public func deleteExec(_ id: String, _ execID: String) throws -> Exit { try call("DELETE", try processPath(id, execID)) }
+    public func waitExec(_ id: String, _ execID: String) throws -> ExitView { try call("POST", "\(try processPath(id, execID))/wait", bound: .unbounded) }
+    public func deleteExec(_ id: String, _ execID: String) throws -> ExitView { try call("DELETE", try processPath(id, execID)) }
 
     public func killExec(_ id: String, _ execID: String, signal: String) throws {
         let _: Empty = try call("POST", "\(try processPath(id, execID))/kill", KillRequest(signal: .name(signal)))

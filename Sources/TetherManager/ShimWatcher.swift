@@ -21,7 +21,7 @@ final class ShimWatcher: Sendable {
     /// code when it was our child. Returns false if the process is gone already.
     @discardableResult
     func watch(_ pid: Int32, onExit: @escaping OnExit) -> Bool {
-        let raw = tether_pidfd_open(pid)
+        let raw = TestFault.pidfdOpen ? -EMFILE : tether_pidfd_open(pid)
         guard raw >= 0 else { return false }
         let pidfd = FD(raw)
         watched.withLock { $0[raw] = (pid, pidfd, onExit) }

@@ -72,18 +72,40 @@ public struct TaskRecord: Codable, Sendable, Equatable {
         instance = try c.decodeIfPresent(String.self, forKey: .instance) ?? ""
         runtime = try c.decodeIfPresent(String.self, forKey: .runtime) ?? "runc"
         bundle = try c.decode(String.self, forKey: .bundle)
-        io = try c.decodeIfPresent(IO.self, forKey: .io) ?? IO()
-        rootfs = try c.decodeIfPresent([Mount].self, forKey: .rootfs) ?? []
+        io = try c.decodeIfPresent(StoredIO.self, forKey: .io)?.value ?? IO()
+        rootfs = try c.decodeIfPresent([StoredMount].self, forKey: .rootfs)?.map(\.value) ?? []
         scratch = try c.decodeIfPresent(String.self, forKey: .scratch)
         phase = try c.decode(Phase.self, forKey: .phase)
         pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
         shimPid = try c.decodeIfPresent(Int32.self, forKey: .shimPid) ?? 0
         shimStartTime = try c.decodeIfPresent(UInt64.self, forKey: .shimStartTime) ?? 0
-        exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
+        exit = try c.decodeIfPresent(StoredExit.self, forKey: .exit)?.value
         exitReason = try c.decodeIfPresent(String.self, forKey: .exitReason)
         execs = try c.decodeIfPresent([String: ExecRecord].self, forKey: .execs) ?? [:]
         ackedSeq = try c.decodeIfPresent(UInt64.self, forKey: .ackedSeq) ?? 0
         createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt) ?? Date(timeIntervalSince1970: 0)
+    }
+
+    public func encode(to e: Encoder) throws {
+        var c = e.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(namespace, forKey: .namespace)
+        try c.encode(id, forKey: .id)
+        try c.encode(instance, forKey: .instance)
+        try c.encode(runtime, forKey: .runtime)
+        try c.encode(bundle, forKey: .bundle)
+        try c.encode(StoredIO(io), forKey: .io)
+        try c.encode(rootfs.map(StoredMount.init), forKey: .rootfs)
+        try c.encodeIfPresent(scratch, forKey: .scratch)
+        try c.encode(phase, forKey: .phase)
+        try c.encode(pid, forKey: .pid)
+        try c.encode(shimPid, forKey: .shimPid)
+        try c.encode(shimStartTime, forKey: .shimStartTime)
+        try c.encodeIfPresent(exit.map(StoredExit.init), forKey: .exit)
+        try c.encodeIfPresent(exitReason, forKey: .exitReason)
+        try c.encode(execs, forKey: .execs)
+        try c.encode(ackedSeq, forKey: .ackedSeq)
+        try c.encode(createdAt, forKey: .createdAt)
     }
 
     static let encoder: JSONEncoder = {
@@ -122,9 +144,46 @@ public struct ExecRecord: Codable, Sendable, Equatable {
 
     public init(from d: Decoder) throws {
         let c = try d.container(keyedBy: CodingKeys.self)
-        io = try c.decodeIfPresent(IO.self, forKey: .io) ?? IO()
+        io = try c.decodeIfPresent(StoredIO.self, forKey: .io)?.value ?? IO()
         pid = try c.decodeIfPresent(UInt32.self, forKey: .pid) ?? 0
         started = try c.decodeIfPresent(Bool.self, forKey: .started) ?? false
-        exit = try c.decodeIfPresent(Exit.self, forKey: .exit)
+        exit = try c.decodeIfPresent(StoredExit.self, forKey: .exit)?.value
     }
+
+    public func encode(to e: Encoder) throws {
+        var c = e.container(keyedBy: CodingKeys.self)
+        try c.encode(StoredIO(io), forKey: .io)
+        try c.encode(pid, forKey: .pid)
+        try c.encode(started, forKey: .started)
+        try c.encodeIfPresent(exit.map(StoredExit.init), forKey: .exit)
+    }
+}
+
+// task.json's own shapes for the runtime API's value types: the file's format
+// is written here, key by key, so renaming a public Swift property never
+// changes what is on disk (nor what an older tetherd can read).
+
+private struct StoredIO: Codable {
+    var stdin = "", stdout = "", stderr = "", terminal = false
+    init(_ io: IO) { (stdin, stdout, stderr, terminal) = (io.stdin, io.stdout, io.stderr, io.terminal) }
+    var value: IO { IO(stdin: stdin, stdout: stdout, stderr: stderr, terminal: terminal) }
+    init(from d: Decoder) throws {
+        let c = try d.container(keyedBy: CodingKeys.self)
+        stdin = try c.decodeIfPresent(String.self, forKey: .stdin) ?? ""
+        stdout = try c.decodeIfPresent(String.self, forKey: .stdout) ?? ""
+        stderr = try c.decodeIfPresent(String.self, forKey: .stderr) ?? ""
+        terminal = try c.decodeIfPresent(Bool.self, forKey: .terminal) ?? false
+    }
+}
+
+private struct StoredMount: Codable {
+    var type: String, source: String, target: String, options: [String]
+    init(_ m: Mount) { (type, source, target, options) = (m.type, m.source, m.target, m.options) }
+    var value: Mount { Mount(type: type, source: source, target: target, options: options) }
+}
+
+private struct StoredExit: Codable {
+    var pid: UInt32, status: UInt32, timestamp: Date
+    init(_ e: Exit) { (pid, status, timestamp) = (e.pid, e.status, e.timestamp) }
+    var value: Exit { Exit(pid: pid, status: status, timestamp: timestamp) }
 }

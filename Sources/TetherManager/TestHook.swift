@@ -17,3 +17,11 @@ enum TestHook {
         }
     }
 }
+
+/// Faults a test asks the manager to act out, from TETHER_TEST_FAULTS (a
+/// comma-separated list), read once. Without the variable, nothing changes.
+enum TestFault {
+    static let list: Set<String> = Set((ProcessInfo.processInfo.environment["TETHER_TEST_FAULTS"] ?? "").split(separator: ",").map(String.init))
+    /// pidfd_open fails (as with no fds left): the manager must still reap and kill what it started.
+    static let pidfdOpen = list.contains("pidfd_open")
+}

@@ -76,7 +76,7 @@ public struct APIServer: Sendable {
                 return Response(status: .noContent)
             }
         }
-        tasks.delete(":id") { _, c in try await handle { json(try await runtime.delete(try await task(c))) } }
+        tasks.delete(":id") { _, c in try await handle { json(ExitView(try await runtime.delete(try await task(c)))) } }
 
         tasks.post(":id/execs") { req, c in try await handle { try await exec(c, req) } }
         tasks.get(":id/execs/:exec") { _, c in try await handle { json(try await processView(try await process(c))) } }
@@ -90,7 +90,7 @@ public struct APIServer: Sendable {
         tasks.delete(":id/execs/:exec") { _, c in
             try await handle {
                 let execID = try execID(c)
-                return json(try await task(c).deleteProcess(id: execID))
+                return json(ExitView(try await task(c).deleteProcess(id: execID)))
             }
         }
 
@@ -108,7 +108,7 @@ public struct APIServer: Sendable {
                     return Response(status: .noContent)
                 }
             }
-            tasks.post("\(prefix)/wait") { _, c in try await handle { json(try await resolve(c).0.wait()) } }
+            tasks.post("\(prefix)/wait") { _, c in try await handle { json(ExitView(try await resolve(c).0.wait())) } }
             tasks.post("\(prefix)/resize") { req, c in
                 try await handle {
                     let body: ResizeRequest = try await decode(req, default: nil)
@@ -143,7 +143,7 @@ public struct APIServer: Sendable {
         try Identifier.validate(body.id, kind: "task ID")
         let runtime = self.runtime
         let io = body.fifos.map { runtime.fifoIO(namespace: namespace, id: body.id, stdin: $0.stdin ?? false, terminal: $0.terminal ?? false) }
-            ?? body.io ?? IO()
+            ?? body.io?.io ?? IO()
         var opts: CreateOpts
         if let spec = body.spec {
             opts = CreateOpts(spec: Data(SpecCheck.encode(spec)), io: io)
@@ -175,7 +175,7 @@ public struct APIServer: Sendable {
         try Identifier.validate(execID, kind: "exec ID")
         let terminal = body.fifos?.terminal ?? body.io?.terminal ?? false
         let io = body.fifos.map { runtime.fifoIO(namespace: t.info.namespace, id: t.id, execID: execID, stdin: $0.stdin ?? false, terminal: terminal) }
-            ?? body.io ?? IO()
+            ?? body.io?.io ?? IO()
         let spec = try SpecBuilder.execProcess(taskSpec: t.info.spec, args: body.args, env: body.env ?? [], cwd: body.cwd, terminal: terminal)
         let p = try await t.exec(id: execID, ExecOpts(spec: spec, io: io))
         return json(try await processView(p), status: .created)
@@ -194,8 +194,8 @@ public struct APIServer: Sendable {
     private func processView(_ p: any RuntimeProcess) async throws -> ProcessView {
         let s = try await p.state()
         let taskID = (p as? ShimExec)?.taskID ?? ""
-        return ProcessView(taskID: taskID, execID: p.id, pid: s.pid, status: s.status, exit: s.exit,
-                           io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal))
+        return ProcessView(taskID: taskID, execID: p.id, pid: s.pid, status: s.status, exit: s.exit.map(ExitView.init),
+                           io: IOView(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal))
     }
 
     private func taskView(_ t: any RuntimeTask) async throws -> TaskView {
@@ -204,8 +204,8 @@ public struct APIServer: Sendable {
 
     private func taskView(_ t: any RuntimeTask, _ s: TetherRuntime.State) -> TaskView {
         let shim = t as? ShimTask
-        return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit,
-                        exitReason: shim?.exitReason, io: IO(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
+        return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit.map(ExitView.init),
+                        exitReason: shim?.exitReason, io: IOView(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
                         runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid)
     }
 

@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 #endif
 import Glibc
+import TetherAPI
 import TetherClient
 import TetherRuntime
 import TetherSys
@@ -16,7 +17,7 @@ import TetherSys
 final class Attachment: @unchecked Sendable {
     private let out: FD?
     private let err: FD?
-    private let io: IO
+    private let io: IOView
     private let done = DispatchGroup()
     /// Set when the user typed the detach keys (ctrl-p ctrl-q) in a terminal session.
     let detached = DispatchSemaphore(value: 0)
@@ -25,7 +26,7 @@ final class Attachment: @unchecked Sendable {
     /// One client at a time: two readers of one FIFO would each get part of
     /// the output, so the first holds a lock on it (flock, released when it
     /// goes away) and a second is refused.
-    init(_ io: IO) throws {
+    init(_ io: IOView) throws {
         self.io = io
         out = io.stdout.isEmpty ? nil : try FD.open(io.stdout, O_RDONLY | O_NONBLOCK)
         err = io.stderr.isEmpty ? nil : try FD.open(io.stderr, O_RDONLY | O_NONBLOCK)

@@ -16,7 +16,7 @@ import TetherSys
 /// stdio, forward signals or window sizes, and wait for its exit or for
 /// the user to detach.
 struct Session {
-    enum Outcome { case exited(Exit), detached }
+    enum Outcome { case exited(ExitView), detached }
 
     let attachment: Attachment
     let tty: Bool
@@ -25,7 +25,7 @@ struct Session {
     /// Runs until the process exits (and its output is drained) or the user
     /// detaches. `start` starts the process (nil when attaching to a running one).
     func run(resize: @escaping @Sendable (UInt16, UInt16) -> Void, kill: @escaping @Sendable (Int32) -> Void,
-             closeIO: @escaping @Sendable () -> Void, start: (() throws -> Void)?, wait: @escaping @Sendable () throws -> Exit) throws -> Outcome {
+             closeIO: @escaping @Sendable () -> Void, start: (() throws -> Void)?, wait: @escaping @Sendable () throws -> ExitView) throws -> Outcome {
         let raw = tty ? RawTerminal.enter() : nil
         defer { raw?.restore() }
         let winch = tty ? WindowSizeForwarder(resize: resize) : nil

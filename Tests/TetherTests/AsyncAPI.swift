@@ -21,8 +21,8 @@ struct AsyncAPI: Sendable {
     func create(_ r: CreateTaskRequest) async throws -> TaskView { try await call { try $0.create(r) } }
     func start(_ id: String) async throws -> TaskView { try await call { try $0.start(id) } }
     func get(_ id: String) async throws -> TaskView { try await call { try $0.get(id) } }
-    func wait(_ id: String) async throws -> Exit { try await call { try $0.wait(id) } }
-    func delete(_ id: String) async throws -> Exit { try await call { try $0.delete(id) } }
+    func wait(_ id: String) async throws -> ExitView { try await call { try $0.wait(id) } }
+    func delete(_ id: String) async throws -> ExitView { try await call { try $0.delete(id) } }
     func closeIO(_ id: String, execID: String? = nil) async throws { try await call { try $0.closeIO(id, execID: execID) } }
     func resize(_ id: String, execID: String? = nil, width: UInt32, height: UInt32) async throws {
         try await call { try $0.resize(id, execID: execID, width: width, height: height) }
@@ -30,8 +30,8 @@ struct AsyncAPI: Sendable {
     func exec(_ id: String, _ r: ExecRequest) async throws -> ProcessView { try await call { try $0.exec(id, r) } }
     func getExec(_ id: String, _ e: String) async throws -> ProcessView { try await call { try $0.getExec(id, e) } }
     func startExec(_ id: String, _ e: String) async throws -> ProcessView { try await call { try $0.startExec(id, e) } }
-    func waitExec(_ id: String, _ e: String) async throws -> Exit { try await call { try $0.waitExec(id, e) } }
-    func deleteExec(_ id: String, _ e: String) async throws -> Exit { try await call { try $0.deleteExec(id, e) } }
+    func waitExec(_ id: String, _ e: String) async throws -> ExitView { try await call { try $0.waitExec(id, e) } }
+    func deleteExec(_ id: String, _ e: String) async throws -> ExitView { try await call { try $0.deleteExec(id, e) } }
 }
 
 /// Reads `fd` to end of file, off the pool; fails after `seconds` without it.

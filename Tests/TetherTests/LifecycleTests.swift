@@ -11,8 +11,8 @@ import TetherRuntime
 import TetherSys
 
 /// A tetherd for the body; always finished (stopped, checked for leaks, removed).
-func withDaemon(_ args: [String] = [], _ body: (TestDaemon) async throws -> Void) async throws {
-    let d = try await TestDaemon(args)
+func withDaemon(_ args: [String] = [], env: [String: String] = [:], _ body: (TestDaemon) async throws -> Void) async throws {
+    let d = try await TestDaemon(args, env: env)
     do {
         try await body(d)
     } catch {
@@ -75,7 +75,7 @@ struct LifecycleTests {
             try Files.makeDirectories(fifos)
             for name in ["in", "out", "err"] { try Files.makeFifo("\(fifos)/\(name)") }
             let api = AsyncAPI(d)
-            let io = IO(stdin: "\(fifos)/in", stdout: "\(fifos)/out", stderr: "\(fifos)/err")
+            let io = IOView(stdin: "\(fifos)/in", stdout: "\(fifos)/out", stderr: "\(fifos)/err")
             // Nobody holds the other ends: create must return, and stdin and
             // stderr stay unopened by anyone to the end.
             let view = try await api.create(CreateTaskRequest(id: "f", args: ["sh", "-c", "echo out; echo err >&2; exit 4"], io: io))
@@ -132,8 +132,10 @@ struct LifecycleTests {
         try await withDaemon { d in
             #expect(try await d.tether("run", "-d", "bg", "--", "sh", "-c", "sleep 100 & exit 0").status == 0)
             let shim = try #require(d.shimPid("bg"))
+            let cgroup = CgroupView(path: Layout(root: "", state: d.state).cgroup("default", "bg"))
             #expect(try await d.tether("wait", "bg").status == 0)
-            #expect(await eventually { zombieChildren(of: shim).isEmpty && processes { $0.hasPrefix("sleep 100") }.isEmpty })
+            // Only this task's processes are looked at: its cgroup must be empty.
+            #expect(await eventually { zombieChildren(of: shim).isEmpty && cgroup.procs == [] }, "left in the task's cgroup: \(String(describing: cgroup.procs))")
             #expect(try await d.tether("delete", "bg").status == 0)
             #expect(d.containers().isEmpty)
         }

@@ -56,8 +56,8 @@ struct OperationsTests {
             #expect(try await d.tether("pause", "p").status == 0)
             #expect(try await d.tether("state", "p").out.contains("\"paused\""))
             #expect(try await d.tether("ls").out.contains("paused"))
-            let freezer = "/sys/fs/cgroup/freezer\(Layout(root: "", state: d.state).cgroupParent)/default/p/freezer.state"
-            if Files.exists(freezer) { #expect(try Files.readString(freezer) == "FROZEN\n") }
+            let cgroup = CgroupView(path: Layout(root: "", state: d.state).cgroup("default", "p"))
+            #expect(cgroup.isFrozen == true, "the task's cgroup (\(String(describing: cgroup.version))) is not frozen")
             let frozen = try Files.readString(counter)
             try await Task.sleep(nanoseconds: 200_000_000)  // time passes; the count must not
             #expect(try Files.readString(counter) == frozen, "the task ran while paused")
@@ -101,10 +101,11 @@ struct OperationsTests {
         try await withDaemon { d in
             #expect(try await d.tether("run", "-d", "u", "--", "sleep", "100").status == 0)
             #expect(try await d.tether("update", "u", "--memory", "64M", "--cpus", "0.5", "--pids-limit", "100").status == 0)
-            let cg = "\(Layout(root: "", state: d.state).cgroupParent)/default/u"
-            #expect(try Files.readString("/sys/fs/cgroup/memory\(cg)/memory.limit_in_bytes") == "67108864\n")
-            #expect(try Files.readString("/sys/fs/cgroup/cpu\(cg)/cpu.cfs_quota_us") == "50000\n")
-            #expect(try Files.readString("/sys/fs/cgroup/pids\(cg)/pids.max") == "100\n")
+            let cgroup = CgroupView(path: Layout(root: "", state: d.state).cgroup("default", "u"))
+            #expect(cgroup.version != nil, "no cgroup for the task in v1 or v2")
+            #expect(cgroup.memoryLimit == 64 << 20)
+            #expect(cgroup.cpu?.quota == 50_000 && cgroup.cpu?.period == 100_000)
+            #expect(cgroup.pidsMax == "100")
             let stats = try await offPool { try AsyncAPI(d).client.stats("u") }
             #expect(stats.memoryLimit == 64 << 20)
             let bad = try await d.tether("update", "u", "--memory", "lots")
@@ -213,5 +214,42 @@ struct OperationsTests {
                 #expect(topics == [TaskEvent.Topic.create, TaskEvent.Topic.start, TaskEvent.Topic.exit, TaskEvent.Topic.delete], "q\(i): \(topics)")
             }
         }
+    }
+}
+
+@Suite("reading a task's cgroup, v1 and v2")
+struct CgroupViewTests {
+    /// A v2-only host (Debian 12's default), emulated in a temp dir: the
+    /// same reads the integration tests make on this hybrid machine.
+    @Test("cgroup v2 files read as the v1 ones do")
+    func v2() throws {
+        let root = try makeTempDir()
+        defer { try? Files.removeTree(root) }
+        let dir = "\(root)/tether/default/u"
+        try Files.makeDirectories(dir)
+        for (file, text) in [("cgroup.procs", "42\n43\n"), ("memory.max", "67108864\n"), ("cpu.max", "50000 100000\n"),
+                             ("pids.max", "100\n"), ("cgroup.events", "populated 1\nfrozen 1\n")] {
+            try Files.writeAtomically("\(dir)/\(file)", Array(text.utf8))
+        }
+        let v = CgroupView(path: "/tether/default/u", root: root)
+        #expect(v.version == .v2)
+        #expect(v.memoryLimit == 64 << 20 && v.cpu?.quota == 50_000 && v.cpu?.period == 100_000)
+        #expect(v.pidsMax == "100" && v.isFrozen == true && v.procs == [42, 43])
+        try Files.writeAtomically("\(dir)/memory.max", Array("max\n".utf8))
+        try Files.writeAtomically("\(dir)/cpu.max", Array("max 100000\n".utf8))
+        #expect(v.memoryLimit == nil && v.cpu?.quota == nil)
+    }
+
+    @Test("cgroup v1 files, one hierarchy per controller")
+    func v1() throws {
+        let root = try makeTempDir()
+        defer { try? Files.removeTree(root) }
+        for (controller, file, text) in [("pids", "cgroup.procs", "7\n"), ("pids", "pids.max", "max\n"), ("memory", "memory.limit_in_bytes", "9223372036854771712\n"),
+                                         ("cpu", "cpu.cfs_quota_us", "-1\n"), ("cpu", "cpu.cfs_period_us", "100000\n"), ("freezer", "freezer.state", "THAWED\n")] {
+            try Files.makeDirectories("\(root)/\(controller)/t")
+            try Files.writeAtomically("\(root)/\(controller)/t/\(file)", Array(text.utf8))
+        }
+        let v = CgroupView(path: "/t", root: root)
+        #expect(v.version == .v1 && v.memoryLimit == nil && v.cpu?.quota == nil && v.pidsMax == "max" && v.isFrozen == false && v.procs == [7])
     }
 }

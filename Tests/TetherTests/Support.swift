@@ -135,11 +135,15 @@ final class TestDaemon: @unchecked Sendable {
     /// The mount table outside the test's directory when the test began.
     private let mountsBefore: [String]
 
-    init(_ extraArgs: [String] = []) async throws {
+    /// More environment for tetherd (and so for its shims): test faults.
+    private let extraEnv: [String: String]
+
+    init(_ extraArgs: [String] = [], env: [String: String] = [:]) async throws {
         try Prerequisites.require()
         dir = try makeTempDir()
         mountsBefore = Self.mountsOutside(dir)
         self.extraArgs = extraArgs
+        extraEnv = env
         try Files.makeDirectories("\(dir)/hooks")
         try Files.makeDirectories("\(root)/rootfs")
         symlink(Prerequisites.rootfs, "\(root)/rootfs/busybox")
@@ -153,7 +157,8 @@ final class TestDaemon: @unchecked Sendable {
         let err = try FD.pipe()
         var options = Spawn.Options()
         options.fds = [-1, -1, err.write.raw]
-        options.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }.map { "\($0)=\($1)" }
+        options.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }
+            .merging(extraEnv) { $1 }.map { "\($0)=\($1)" }
         let bin = "\(Prerequisites.binDir)/tetherd"
         pid = try Spawn.spawn(bin, [bin, "--root", root, "--state", state, "--log-level", "debug"] + extraArgs, options)
         err.write.close()
@@ -379,5 +384,78 @@ final class StartedProgram: @unchecked Sendable {
         var status: Int32 = 0
         _ = tether_wait_pid(pid, &status)
         return ready == 0 ? -1 : tether_exit_code(status)
+    }
+}
+
+/// A task's cgroup as the tests read it, on cgroup v1 (a controller per
+/// hierarchy) or v2 (one unified hierarchy), whichever holds it: the same
+/// assertion holds on a hybrid host like this one and on a v2-only one
+/// (Debian 12's default). `root` lets a test emulate either layout.
+struct CgroupView {
+    let path: String
+    var root = "/sys/fs/cgroup"
+
+    enum Version { case v1, v2 }
+
+    /// v1 if the pids controller has the cgroup, v2 if the unified root has it, else nil.
+    var version: Version? {
+        if Files.isDirectory("\(root)/pids\(path)") { return .v1 }
+        if Files.exists("\(root)\(path)/cgroup.procs") { return .v2 }
+        return nil
+    }
+
+    private func read(_ file: String) -> String? {
+        (try? Files.readString(file))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The memory limit in bytes (nil for none).
+    var memoryLimit: Int64? {
+        switch version {
+        case .v1: read("\(root)/memory\(path)/memory.limit_in_bytes").flatMap { Int64($0) }.flatMap { $0 >= (1 << 62) ? nil : $0 }
+        case .v2: read("\(root)\(path)/memory.max").flatMap { $0 == "max" ? nil : Int64($0) }
+        case nil: nil
+        }
+    }
+
+    /// The CFS quota and period in microseconds (nil quota for none).
+    var cpu: (quota: Int64?, period: Int64)? {
+        switch version {
+        case .v1:
+            guard let q = read("\(root)/cpu\(path)/cpu.cfs_quota_us").flatMap({ Int64($0) }),
+                  let p = read("\(root)/cpu\(path)/cpu.cfs_period_us").flatMap({ Int64($0) }) else { return nil }
+            return (q < 0 ? nil : q, p)
+        case .v2:
+            guard let parts = read("\(root)\(path)/cpu.max")?.split(separator: " "), parts.count == 2, let p = Int64(parts[1]) else { return nil }
+            return (parts[0] == "max" ? nil : Int64(parts[0]), p)
+        case nil: return nil
+        }
+    }
+
+    var pidsMax: String? {
+        switch version {
+        case .v1: read("\(root)/pids\(path)/pids.max")
+        case .v2: read("\(root)\(path)/pids.max")
+        case nil: nil
+        }
+    }
+
+    /// Is the cgroup frozen (v1 freezer.state FROZEN, v2 cgroup.events frozen 1)?
+    var isFrozen: Bool? {
+        switch version {
+        case .v1: read("\(root)/freezer\(path)/freezer.state").map { $0 == "FROZEN" }
+        case .v2: read("\(root)\(path)/cgroup.events").map { $0.split(separator: "\n").contains("frozen 1") }
+        case nil: nil
+        }
+    }
+
+    /// The pids in the cgroup (and nil when the cgroup is gone).
+    var procs: [Int32]? {
+        let file: String
+        switch version {
+        case .v1: file = "\(root)/pids\(path)/cgroup.procs"
+        case .v2: file = "\(root)\(path)/cgroup.procs"
+        case nil: return nil
+        }
+        return read(file).map { $0.split(separator: "\n").compactMap { Int32($0) } }
     }
 }
