@@ -275,8 +275,7 @@ public final class ShimRuntime: Runtime, Sendable {
         guard let t = task as? ShimTask else {
             throw RuntimeError(.invalidArgument, "task \(task.id) was not created by this runtime")
         }
-        let exit = try await t.delete()
-        if let s = t.record.scratch { try? Files.removeTree(s) }
+        let exit = try await t.delete()  // its teardown removed the bundle and the scratch layer
         tasksByKey.withLock { _ = $0.removeValue(forKey: TaskKey(namespace: t.info.namespace, id: t.id)) }
         do { try monitor.stop(t) } catch { logger.warning("monitor stop failed: \(error)") }
         events.publish(TaskEvent(namespace: t.info.namespace, topic: TaskEvent.Topic.delete,

@@ -301,7 +301,7 @@ public final class ShimTask: RuntimeTask, Sendable {
             req.spec.value = opts.spec
             let _: Google_Protobuf_Empty = try await rpc("Exec", req, timeout: timeouts.kill)
         } catch {
-            forgetExec(execID)
+            await runtime.onDisk { self.forgetExec(execID) }
             throw error
         }
         runtime.events.publish(TaskEvent(namespace: info.namespace, topic: TaskEvent.Topic.execAdded,
@@ -309,7 +309,8 @@ public final class ShimTask: RuntimeTask, Sendable {
         return ShimExec(task: self, id: execID)
     }
 
-    /// Drops an exec from the record and removes the FIFOs the manager made for it.
+    /// Drops an exec from the record and removes the FIFOs the manager made
+    /// for it. Disk work: call it on the manager's disk pool.
     func forgetExec(_ execID: String) {
         let io = state.withLock { s -> IO? in
             let io = s.record.execs.removeValue(forKey: execID)?.io
@@ -346,7 +347,7 @@ public final class ShimTask: RuntimeTask, Sendable {
         req.execID = execID
         let r = try await rpc("Delete", req, as: Containerd_Task_V2_DeleteResponse.self, timeout: timeouts.delete)
         let exit = record.execs[execID]?.exit ?? Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
-        forgetExec(execID)
+        await runtime.onDisk { self.forgetExec(execID) }
         let waiters = state.withLock { $0.waiters.execs.removeValue(forKey: execID) ?? [] }
         for w in waiters { w.resume(returning: exit) }
         return exit

@@ -188,7 +188,11 @@ public struct APIServer: Sendable {
     }
 
     private func process(_ c: BasicRequestContext) async throws -> any RuntimeProcess {
-        try await task(c).process(id: try execID(c))
+        // Two statements, not one expression: Swift 6.3.1's optimizer crashed
+        // (CoroSplit) on `try await task(c).process(id: try execID(c))`.
+        let execID = try execID(c)
+        let t = try await task(c)
+        return try await t.process(id: execID)
     }
 
     private func processView(_ p: any RuntimeProcess) async throws -> ProcessView {
