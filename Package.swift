@@ -9,6 +9,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tether-shim", targets: ["tether-shim"]),
+        // The same shim for containerd: runtime io.containerd.tether.v1.
+        .executable(name: "containerd-shim-tether-v1", targets: ["containerd-shim-tether-v1"]),
         .executable(name: "tetherd", targets: ["tetherd"]),
         .executable(name: "tether", targets: ["tether"]),
         .library(name: "TetherRuntime", targets: ["TetherRuntime"]),
@@ -57,6 +59,7 @@ let package = Package(
             dependencies: ["TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI"]
         ),
         .executableTarget(name: "tether-shim", dependencies: ["TetherShim"]),
+        .executableTarget(name: "containerd-shim-tether-v1", dependencies: ["TetherShim"]),
 
         // The manager: Runtime implemented with shims. Runs inside tetherd (and tests).
         .target(

@@ -34,7 +34,7 @@ swift_build() {
 # linked in and no PIE: they start faster, and every shim shares the runtime's
 # pages instead of dirtying its own copy with relocations (docs/benchmarks.md).
 build_release() {
-    for product in tether-shim tetherd tether; do
+    for product in tether-shim containerd-shim-tether-v1 tetherd tether; do
         swift_build -c release --static-swift-stdlib -Xlinker -no-pie --product "$product"
     done
 }

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import TTRPC
 import TetherOCI
+import TetherProto
 import TetherSys
 
 /// What a live container does besides starting and deleting: signals, the
@@ -47,6 +48,15 @@ extension Container {
         if frozen { try await runtime.pause(id: options.id) } else { try await runtime.resume(id: options.id) }
         process.frozen(frozen)
         ShimLog.info("\(frozen ? "paused" : "resumed") \(options.id)")
+        if frozen {
+            var e = Containerd_Events_TaskPaused()
+            e.containerID = options.id
+            events?.publish("/tasks/paused", e)
+        } else {
+            var e = Containerd_Events_TaskResumed()
+            e.containerID = options.id
+            events?.publish("/tasks/resumed", e)
+        }
     }
 
     // MARK: - the container's cgroup
@@ -90,6 +100,10 @@ extension Container {
             throw RPCError(.failedPrecondition, "cannot checkpoint task \"\(options.id)\": \(await CRIU.diagnose(error, workDir: work, reaper: reaper)); the task is left as it was")
         }
         ShimLog.info("checkpointed \(options.id) to \(path)\(exit ? " and stopped it" : "")")
+        var e = Containerd_Events_TaskCheckpointed()
+        e.containerID = options.id
+        e.checkpoint = path
+        events?.publish("/tasks/checkpointed", e)
     }
 
     func stats() async throws -> [UInt8] {

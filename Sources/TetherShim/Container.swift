@@ -32,11 +32,16 @@ final class Container: @unchecked Sendable {
 
     let options: ShimOptions
     let reaper: Reaper
-    let runtime: OCIRuntime
+    /// The runtime the task runs on; a containerd task's options may name
+    /// another binary or root (set at create).
+    private(set) var runtime: OCIRuntime
     let relay: StdioRelay
     let journal: ExitJournal
     let loop: EventLoop
-    private let launcher: Launcher
+    private var launcher: Launcher
+    /// Task events for containerd (nil under tetherd, which publishes its own).
+    var events: ShimEvents?
+    private let oom: OOMWatch
     private(set) var phase = Phase.empty
     private(set) var bundle = ""
     private var mounted = false
@@ -59,6 +64,7 @@ final class Container: @unchecked Sendable {
         self.journal = journal
         self.loop = loop
         launcher = Launcher(options: options, reaper: reaper, runtime: runtime, relay: relay)
+        oom = OOMWatch(loop: loop)
     }
 
     /// Can the shim exit without leaving a container behind?
@@ -94,7 +100,12 @@ final class Container: @unchecked Sendable {
         bundle = r.bundle.isEmpty ? options.bundle : r.bundle
         let process = ShimProcess(execID: "", io: IOPaths(stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal), loop: loop)
         do {
-            log = try Self.createOptions(r.options).map { o throws(SysError) in try LogWriter(path: o.logPath, maxSize: o.logMaxSize) }
+            let opts = try TaskOptions(r.options, shim: Self.version)
+            if var choice = opts.runtime {
+                if choice.root.isEmpty { choice.root = runtime.root } else { choice.root += "/\(options.namespace)" }
+                try useRuntime(choice)
+            }
+            log = try opts.log.map { o throws(SysError) in try LogWriter(path: o.logPath, maxSize: o.logMaxSize) }
             if !r.rootfs.isEmpty {
                 mounted = true
                 _ = try RootfsMounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
@@ -118,6 +129,20 @@ final class Container: @unchecked Sendable {
             processes[""] = process
             phase = .live
             ShimLog.info("created container \(options.id), init pid \(pid)\(process.io.terminal ? " with a terminal" : "")")
+            if let events {
+                var e = Containerd_Events_TaskCreate()
+                e.containerID = options.id
+                e.bundle = bundle
+                e.rootfs = r.rootfs
+                e.io.stdin = r.stdin
+                e.io.stdout = r.stdout
+                e.io.stderr = r.stderr
+                e.io.terminal = r.terminal
+                e.checkpoint = r.checkpoint
+                e.pid = UInt32(bitPattern: pid)
+                events.publish("/tasks/create", e)
+                watchOOM()
+            }
             return pid
         } catch {
             ShimLog.error("create \(options.id) failed: \(error)")
@@ -130,13 +155,29 @@ final class Container: @unchecked Sendable {
         }
     }
 
-    static func createOptions(_ any: Google_Protobuf_Any) throws -> Tether_Shim_V1_CreateOptions? {
-        guard !any.typeURL.isEmpty else { return nil }
-        guard any.typeURL.hasSuffix("/tether.shim.v1.CreateOptions") else {
-            throw RPCError(.invalidArgument, "options of type \(any.typeURL) are not understood by \(version)")
+    /// Switches to the runtime a containerd task's options name, and keeps
+    /// the choice in the bundle for `containerd-shim-tether-v1 delete`.
+    private func useRuntime(_ choice: RuntimeChoice) throws {
+        guard let binary = Spawn.lookPath(choice.binary) else {
+            throw RPCError(.failedPrecondition, "the task's options name the OCI runtime \(choice.binary), which is not installed")
         }
-        let o = try Tether_Shim_V1_CreateOptions(serializedBytes: any.value)
-        return o.logPath.isEmpty ? nil : o
+        runtime = OCIRuntime(binary: binary, root: choice.root, logPath: runtime.logPath, reaper: reaper, timeout: runtime.timeout)
+        launcher = Launcher(options: options, reaper: reaper, runtime: runtime, relay: relay)
+        try Files.makeDirectories(choice.root)
+        try RuntimeChoice(binary: binary, root: choice.root).save(bundle: options.bundle)
+    }
+
+    /// Publishes /tasks/oom for each OOM kill in the container's cgroup (containerd's tasks).
+    private func watchOOM() {
+        guard let events,
+              let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(try Files.readRegular("\(bundle)/config.json"))),
+              let path = spec["linux"]?["cgroupsPath"]?.stringValue else { return }
+        let id = options.id
+        oom.start(cgroup: path) {
+            var e = Containerd_Events_TaskOOM()
+            e.containerID = id
+            events.publish("/tasks/oom", e)
+        }
     }
 
     // MARK: - exec and start
@@ -168,6 +209,12 @@ final class Container: @unchecked Sendable {
         }
         processes[execID] = ShimProcess(execID: execID, io: io, loop: loop)
         ShimLog.info("added exec \(execID)")
+        if let events {
+            var e = Containerd_Events_TaskExecAdded()
+            e.containerID = options.id
+            e.execID = execID
+            events.publish("/tasks/exec-added", e)
+        }
     }
 
     private func execSpecPath(_ execID: String) -> String { "\(options.bundle)/execs/\(execID).json" }
@@ -177,6 +224,9 @@ final class Container: @unchecked Sendable {
     func start(_ execID: String) async throws(RPCError) -> Int32 {
         let process = try process(execID)
         try process.beginStart()
+        // An exit that comes in while the start is under way follows its start event.
+        events?.starting(execID)
+        defer { events?.startDone(execID) }
         do {
             if process.isInit, let restore {
                 try await restoreInit(process, restore)
@@ -194,6 +244,20 @@ final class Container: @unchecked Sendable {
             throw RPCError(.unknown, "\(error)")
         }
         ShimLog.info("started \(process.name) of \(options.id), pid \(process.pid)")
+        if let events {
+            if process.isInit {
+                var e = Containerd_Events_TaskStart()
+                e.containerID = options.id
+                e.pid = UInt32(bitPattern: process.pid)
+                events.publish("/tasks/start", e)
+            } else {
+                var e = Containerd_Events_TaskExecStarted()
+                e.containerID = options.id
+                e.execID = execID
+                e.pid = UInt32(bitPattern: process.pid)
+                events.publish("/tasks/exec-started", e)
+            }
+        }
         return process.pid
     }
 
@@ -242,7 +306,8 @@ final class Container: @unchecked Sendable {
 
     /// Called by the reaper: record durably, then tell the process's waiters.
     private func processExited(_ process: ShimProcess, pid: Int32, code: Int32, at: WallTime) {
-        journal.record(pid: pid, execID: process.execID, code: code, at: at)
+        let record = journal.record(pid: pid, execID: process.execID, code: code, at: at)
+        events?.exit(record)
         process.exited(ShimProcess.ExitInfo(pid: pid, code: UInt32(bitPattern: code), at: at))
         guard process.isInit else { return }
         // The init is gone. In a pid namespace the kernel has killed the rest;
@@ -311,6 +376,16 @@ final class Container: @unchecked Sendable {
         unlink(options.initPidFile)
         try? Files.removeTree("\(options.bundle)/execs")
         ShimLog.info("deleted container \(options.id) (exit status \(exit.code))")
+        oom.stop()
+        if let events {
+            var e = Containerd_Events_TaskDelete()
+            e.containerID = options.id
+            e.id = options.id
+            e.pid = UInt32(bitPattern: exit.pid)
+            e.exitStatus = exit.code
+            e.exitedAt = exit.timestamp
+            events.publish("/tasks/delete", e)
+        }
         return exit
     }
 }

@@ -77,6 +77,11 @@ final class ExitJournal: @unchecked Sendable {
         pendingRecords.values.sorted { $0.seq < $1.seq }
     }
 
+    /// One record has reached whoever needed it (containerd): forget it.
+    func ack(seq: UInt64) {
+        if pendingRecords.removeValue(forKey: seq) != nil { unlink(path(seq)) }
+    }
+
     /// The manager has stored every record up to `seq`: forget them.
     func ack(upTo seq: UInt64) {
         for k in pendingRecords.keys where k <= seq {
@@ -89,6 +94,9 @@ final class ExitJournal: @unchecked Sendable {
         let digits = String(seq)
         return "\(dir)/\(String(repeating: "0", count: max(0, 20 - digits.count)))\(digits).json"
     }
+
+    /// The records in `dir`, oldest first (for a reader without a journal: `delete`).
+    static func records(in dir: String) -> [Record] { load(dir).sorted { $0.seq < $1.seq } }
 
     private static func load(_ dir: String) -> [Record] {
         var out: [Record] = []

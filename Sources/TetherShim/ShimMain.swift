@@ -12,8 +12,6 @@ import TetherSys
 /// and every request runs as a task on it: the shim has one thread.
 public enum ShimMain {
     public static func run(_ args: [String]) -> Never {
-        // One malloc arena: a shim allocates little, and has one thread.
-        _ = tether_limit_malloc_arenas(1)
         let options: ShimOptions
         do {
             options = try ShimOptions.parse(args)
@@ -21,6 +19,13 @@ public enum ShimMain {
             printError("tether-shim: \(error)")
             exit(2)
         }
+        run(options: options)
+    }
+
+    /// Serves `options`' task until the shim is told to stop.
+    public static func run(options: ShimOptions) -> Never {
+        // One malloc arena: a shim allocates little, and has one thread.
+        _ = tether_limit_malloc_arenas(1)
         ShimLog.debugEnabled = options.debug
         let loop: EventLoop
         do {
@@ -70,6 +75,9 @@ public enum ShimMain {
                                  timeout: options.runtimeTimeout * 1_000_000_000)
         let container = Container(options: options, reaper: reaper, runtime: runtime, relay: StdioRelay(loop: loop),
                                   journal: journal, loop: loop)
+        if let c = options.containerd, !c.ttrpcAddress.isEmpty {
+            container.events = ShimEvents(loop: loop, address: c.ttrpcAddress, namespace: options.namespace, journal: journal)
+        }
         reaper.onSignal = { sig in
             if container.isIdle {
                 ShimLog.info("signal \(sig) with no container left: exiting")
@@ -80,11 +88,21 @@ public enum ShimMain {
         reaper.onFatal = { error in fatal(options, "the reaper failed: \(error)") }
         try reaper.start()
 
-        let server = TTRPCServer(name: Container.version, registry: TaskAPI.registry(container) { exitCleanly(options) },
-                                 loop: loop) { ShimLog.warn($0) }
-        unlink(options.socketPath)
-        let listener = try UnixSocket.listen(options.socketPath)
-        chmod(options.socketPath, 0o600)
+        let server = TTRPCServer(name: Container.version, registry: TaskAPI.registry(container) {
+            // Exit once the events still queued for containerd are out (a few seconds at most).
+            loop.task {
+                await container.events?.drain(timeoutNanos: 5_000_000_000)
+                exitCleanly(options)
+            }
+        }, loop: loop) { ShimLog.warn($0) }
+        let listener: FD
+        if let c = options.containerd {
+            listener = FD(c.listenerFD, label: c.socketPath)  // made and bound by `start`
+        } else {
+            unlink(options.socketPath)
+            listener = try UnixSocket.listen(options.socketPath)
+            chmod(options.socketPath, 0o600)
+        }
         try Files.writeAtomically(options.shimPidFile, Array("\(getpid())\n".utf8), mode: 0o644)
         try server.serve(listener)
         ShimLog.info("serving task \(options.namespace)/\(options.id) on \(options.socketPath) (runtime \(binary))")

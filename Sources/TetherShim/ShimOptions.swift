@@ -19,6 +19,17 @@ public struct ShimOptions: Sendable {
     public var instance = ""
     /// An inherited fd to write "ready" to once the socket is listening.
     public var readyFD: Int32 = -1
+    /// Set when containerd drives the shim (containerd-shim-tether-v1).
+    public var containerd: Containerd?
+
+    /// How a shim serving containerd differs: its socket is made by `start`
+    /// and inherited, it publishes task events to containerd itself, and it
+    /// has no tetherd to report exits to (they go out as events).
+    public struct Containerd: Sendable {
+        public var ttrpcAddress: String
+        public var socketPath: String
+        public var listenerFD: Int32
+    }
     public var debug = false
 
     public static let usage = """
@@ -28,7 +39,7 @@ public struct ShimOptions: Sendable {
         Serves containerd's shim v2 task API over ttrpc at DIR/shim.sock for one task.
         """
 
-    public var socketPath: String { "\(bundle)/shim.sock" }
+    public var socketPath: String { containerd?.socketPath ?? "\(bundle)/shim.sock" }
     public var exitsDir: String { "\(bundle)/exits" }
     public var initPidFile: String { "\(bundle)/init.pid" }
     /// Why the shim had to stop, when it did (read by the manager).
