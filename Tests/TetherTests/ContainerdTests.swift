@@ -153,3 +153,40 @@ struct ContainerdTests {
         #expect(resp.exitStatus == 137 && resp.exitedAt.seconds > 0)
     }
 }
+
+/// Tether under containerd's CRI plugin, driven the way a kubelet drives it
+/// (scripts/cri-client.py: a pod with host networking, a container, an
+/// ExecSync, its CRI log, stop and removal), with the RuntimeClass handler
+/// `tether`, and with `runc` (containerd's own shim) as the control.
+@Suite("containerd CRI", .serialized, .enabled(if: Prerequisites.runIntegration), .timeLimit(.minutes(5)))
+struct CRITests {
+    /// The Python with grpcio and protobuf that scripts/test prepares.
+    static var python: String {
+        ProcessInfo.processInfo.environment["TETHER_CRI_PYTHON"]
+            ?? "\(ProcessInfo.processInfo.environment["HOME"] ?? "/root")/.cache/tether/cri-venv/bin/python"
+    }
+
+    @Test("a pod and a container through RuntimeClass handler tether behave as through runc", arguments: ["tether", "runc"])
+    func podLifecycle(handler: String) async throws {
+        try #require(Files.exists(Self.python), "no Python with grpcio at \(Self.python): scripts/test prepares it")
+        try await withContainerd(cri: true) { c in
+            let r = try await runProgram(Self.python, ["\(ContainerdInstance.scripts)/cri-client.py", "--socket", c.socket,
+                                                       "--image", ContainerdInstance.image, "--logdir", "\(c.dir)/pods",
+                                                       "--handler", handler], timeout: 120)
+            #expect(r.status == 0, "\(r)\n\(c.log.suffix(3000))")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any], "\(r)")
+            #expect(report["running_state"] as? Int == 1)  // CONTAINER_RUNNING
+            let exec = report["exec"] as? [String: Any]
+            #expect(exec?["exit_code"] as? Int == 3 && exec?["stdout"] as? String == "hi\n", "\(report)")
+            let log = report["log"] as? [String] ?? []
+            // Two streams, copied apart by containerd: in either order.
+            #expect(log.count == 2 && log.contains { $0.hasSuffix(" stdout F hello from cri") }
+                        && log.contains { $0.hasSuffix(" stderr F oops") }, "\(log)")
+            #expect(report["stopped_state"] as? Int == 2 && report["exit_code"] as? Int == 143, "\(report)")  // EXITED, SIGTERM
+            #expect(report["sandboxes_left"] as? Int == 0)
+            // Each task of the pod had a Tether shim of its own (or none, for runc).
+            let shimsSeen = c.log.components(separatedBy: "tether-shim[").count - 1
+            #expect(handler == "tether" ? shimsSeen > 0 : shimsSeen == 0, "\(c.log.suffix(2000))")
+        }
+    }
+}
