@@ -13,6 +13,7 @@ containerd in a private mount namespace. Nothing outside is touched, and
 everything is stopped at the end.
 """
 import argparse
+import copy
 import contextlib
 import ctypes
 import fcntl
@@ -205,6 +206,8 @@ class Containerd:
     """containerd 1.6 hard-wires /run/containerd for shim sockets: it runs in
     a private mount namespace with our own directory bound over /run."""
     name = "containerd"
+    runtime = []  # ctr's default: io.containerd.runc.v2
+    prefix = "c"
 
     def __init__(self, env):
         self.env = env
@@ -235,7 +238,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             ["unshare", "-m", "--propagation", "private", "sh", "-c",
              "mount --bind %s/run /run && exec %s --config %s/config.toml" % (d, CONTAINERD, d)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(d, "containerd.log"), "ab"), start_new_session=True)
+            stderr=open(os.path.join(d, "containerd.log"), "ab"), start_new_session=True,
+            # containerd-shim-tether-v1 from the build under test, first on its PATH
+            env=dict(os.environ, PATH=self.env.a.bin + ":" + os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")))
         deadline = now() + 30
         while run([CTR, "-a", self.sock, "version"], check=False).returncode != 0:
             if now() > deadline:
@@ -250,18 +255,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return [CTR, "-a", self.sock, "-n", "tbench"] + list(args)
 
     def run_true(self, i):
-        return timed(self.ctr("run", "--rm", "--fifo-dir", self.fifo, "--rootfs", self.env.rootfs, "cr%d" % i, "/bin/true"))
+        return timed(self.ctr("run", "--rm", *self.runtime, "--fifo-dir", self.fifo, "--rootfs", self.env.rootfs,
+                              "%sr%d" % (self.prefix, i), "/bin/true"))
 
     def start_sleeper(self, cid):
+        cid = self.prefix + cid
         pidfile = os.path.join(self.dir, cid + ".pid")
-        run(self.ctr("run", "-d", "--fifo-dir", self.fifo, "--pid-file", pidfile,
+        run(self.ctr("run", "-d", *self.runtime, "--fifo-dir", self.fifo, "--pid-file", pidfile,
                      "--rootfs", self.env.rootfs, cid, "/bin/sleep", "100000"))
         with open(pidfile) as f:
             return int(f.read())
 
     def remove(self, cid):
-        run(self.ctr("task", "rm", "-f", cid), check=False)
-        run(self.ctr("container", "rm", cid), check=False)
+        run(self.ctr("task", "rm", "-f", self.prefix + cid), check=False)
+        run(self.ctr("container", "rm", self.prefix + cid), check=False)
+
+    def with_runtime(self, name, runtime, prefix):
+        """The same daemon driving another shim (ctr run --runtime RUNTIME)."""
+        other = copy.copy(self)
+        other.name, other.runtime, other.prefix = name, ["--runtime", runtime], prefix
+        return other
 
     def stop(self):
         if not self.proc:
@@ -432,7 +445,7 @@ def bench_latency(st, systems, n):
             st.add("start_to_exit_true", s.name, s.run_true(i), "ms")
 
 
-def bench_memory(st, tether, ctrd, conmon, counts):
+def bench_memory(st, tether, ctrd, conmon, counts, ctrd_tether=None):
     """Per-shim memory with 1..N sleeping tasks, and the managers'."""
     def shim_of_tether(cid):
         with open(os.path.join(tether.dir, "state", "tasks", "default", cid, "shim.pid")) as f:
@@ -442,6 +455,8 @@ def bench_memory(st, tether, ctrd, conmon, counts):
     st.add("manager_rss_0_tasks", "containerd", smaps(ctrd.pid())[0], "KiB")
     top = max(counts)
     series = {"tether": [], "containerd": [], "conmon": []}
+    if ctrd_tether:
+        series[ctrd_tether.name] = []
     for i in range(top):
         t = now()
         tether.start_sleeper("m%d" % i)
@@ -450,6 +465,11 @@ def bench_memory(st, tether, ctrd, conmon, counts):
         tpid = ctrd.start_sleeper("m%d" % i)
         st.add("start_latency_with_tasks_running", "containerd", (now() - t) * 1000, "ms")
         series["containerd"].append(ppid(tpid))
+        if ctrd_tether:
+            t = now()
+            tpid = ctrd_tether.start_sleeper("m%d" % i)
+            st.add("start_latency_with_tasks_running", ctrd_tether.name, (now() - t) * 1000, "ms")
+            series[ctrd_tether.name].append(ppid(tpid))  # the shim, the init's subreaper
         t = now()
         cpid, _ = conmon.launch("m%d" % i, ["/bin/sleep", "100000"])
         conmon.runc("start", "m%d" % i)
@@ -479,6 +499,8 @@ def bench_memory(st, tether, ctrd, conmon, counts):
     for i in range(top):
         tether.remove("m%d" % i)
         ctrd.remove("m%d" % i)
+        if ctrd_tether:
+            ctrd_tether.remove("m%d" % i)
         conmon.remove("m%d" % i)
 
 
@@ -586,7 +608,7 @@ def exit_clock(proc):
     return when
 
 
-def bench_exit(st, tether, ctrd, conmon, n):
+def bench_exit(st, tether, ctrds, conmon, n):
     """kill -9 of the container's init until the exit is seen."""
     for i in range(n):
         # tether: a waiting CLI, and an event subscriber
@@ -607,20 +629,22 @@ def bench_exit(st, tether, ctrd, conmon, n):
         st.add("exit_to_wait_cli", "tether", (t_wait - t) * 1000, "ms")
         tether.remove("x%d" % i)
 
-        # containerd: a ctr events subscriber (ctr 1.6 has no `task wait`)
-        pid = ctrd.start_sleeper("x%d" % i)
-        ev = subprocess.Popen(ctrd.ctr("events"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        time.sleep(0.2)  # it is connected and waiting
-        t = now()
-        os.kill(pid, signal.SIGKILL)
-        while True:
-            line = readline(ev.stdout)
-            if not line or (b"/tasks/exit" in line and (b"x%d" % i) in line):
-                break
-        st.add("exit_to_event", "containerd", (now() - t) * 1000, "ms")
-        ev.kill()
-        ev.wait()
-        ctrd.remove("x%d" % i)
+        # containerd, with its runc shim and with Tether's: a ctr events
+        # subscriber (ctr 1.6 has no `task wait`)
+        for c in ctrds:
+            pid = c.start_sleeper("x%d" % i)
+            ev = subprocess.Popen(c.ctr("events"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)  # it is connected and waiting
+            t = now()
+            os.kill(pid, signal.SIGKILL)
+            while True:
+                line = readline(ev.stdout)
+                if not line or (b"/tasks/exit" in line and (b"%sx%d" % (c.prefix.encode(), i)) in line):
+                    break
+            st.add("exit_to_event", c.name, (now() - t) * 1000, "ms")
+            ev.kill()
+            ev.wait()
+            c.remove("x%d" % i)
 
         # conmon: its exit file
         cid = "x%d" % i
@@ -747,7 +771,7 @@ def report(st, out_dir, systems_order):
                 row.append("%.1f (%.1f–%.1f, n=%d)" % m if m[3] > 1 else "%.1f" % m[0])
             else:
                 row.append("–")
-        others = {k: v for k, v in meds.items() if not k.startswith("tether")}
+        others = {k: v for k, v in meds.items() if not k.startswith("tether") and k != "containerd-tether"}
         if "tether" in meds and others:
             best = min(others.values())
             row.append("%.2f" % (meds["tether"] / best) if best else "–")
@@ -840,6 +864,8 @@ def main():
     sections = set(a.sections.split(","))
     runc, crun = Runc(env), Crun(env)
     ctrd, conmon = Containerd(env), Conmon(env)
+    # containerd driving Tether's shim (containerd-shim-tether-v1): same daemon
+    ctrdt = ctrd.with_runtime("containerd-tether", "io.containerd.tether.v1", "t")
     tether = Tether(env)
     crun_ok = crun.works()
     tcrun = None
@@ -856,14 +882,14 @@ def main():
         else:
             log("crun does not work here: its figures are left out")
         if "latency" in sections:
-            bench_latency(st, [s for s in (runc, crun if crun_ok else None, ctrd, conmon, tether, tcrun) if s], n_lat)
+            bench_latency(st, [s for s in (runc, crun if crun_ok else None, ctrd, ctrdt, conmon, tether, tcrun) if s], n_lat)
         if "steps" in sections:
             log("steps: %d each" % n_lat)
             bench_steps(st, tether, runc, n_lat)
         if "exit" in sections:
-            bench_exit(st, tether, ctrd, conmon, exit_n)
+            bench_exit(st, tether, [ctrd, ctrdt], conmon, exit_n)
         if "memory" in sections:
-            bench_memory(st, tether, ctrd, conmon, counts)
+            bench_memory(st, tether, ctrd, conmon, counts, ctrdt)
         if "scale" in sections:
             bench_scale(st, tether, ctrd, conmon, scale_n, scale_tether)
         if "stdio" in sections:
@@ -890,7 +916,7 @@ def main():
     with open(os.path.join(a.out, "machine.json"), "w") as f:
         json.dump(facts, f, indent=1)
     log("machine: %s" % json.dumps(facts))
-    report(st, a.out, ["tether", "tether-crun", "runc", "crun", "containerd", "conmon", "host pipe", "host pipe 1MiB"])
+    report(st, a.out, ["tether", "tether-crun", "containerd-tether", "runc", "crun", "containerd", "conmon", "host pipe", "host pipe 1MiB"])
     log("results in %s" % a.out)
 
 
