@@ -30,6 +30,10 @@ public struct ManagerConfig: Sendable {
     public var runtimeTimeout: Int64
     /// How long a new shim may take to say it listens before it is killed.
     public var shimReadyTimeout: Int32
+    /// Called when the manager can no longer work (its exit pipe failed),
+    /// after a critical log line. tetherd exits, for its supervisor to
+    /// restart it; the default only logs.
+    public var onFatal: @Sendable (String) -> Void = { _ in }
 
     public init(layout: Layout, runtime: String = "runc", shimBinary: String, debugShims: Bool = false,
                 monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd"),
@@ -65,6 +69,8 @@ public final class ShimRuntime: Runtime, Sendable {
     let monitor: any TaskMonitor
     private let tasksByKey = Mutex<[TaskKey: ShimTask]>([:])
     private let exitPipe = Mutex<ExitPipe?>(nil)
+    /// The state and root directories' locks, held for the manager's life.
+    private let locks = Mutex<[DaemonLock]>([])
     let cgroups: Cgroups
     /// Threads for the manager's own disk work (bundles, records, spec
     /// files), so a slow disk never holds up the threads serving requests.
@@ -92,11 +98,25 @@ public final class ShimRuntime: Runtime, Sendable {
     /// Prepares the state and root directories, opens the exit pipe and
     /// picks up the tasks an earlier manager left running.
     public static func start(_ config: ManagerConfig) async throws -> ShimRuntime {
-        try config.layout.prepare()
+        // One manager per state and root directory, before anything is touched.
+        let layout = config.layout
+        var locks: [DaemonLock] = []
+        for (dir, flag) in [(layout.state, "state"), (layout.root, "root")] {
+            try Files.ensureDirectory(dir, mode: 0o700)
+            if flag == "root", (try? Files.realPath(dir)) == (try? Files.realPath(layout.state)) { continue }
+            locks.append(try DaemonLock(dir: dir, flag: flag))
+        }
+        try layout.prepare()
         let runtime = try ShimRuntime(config: config)
-        let pipe = try ExitPipe(path: config.layout.exitFifo,
+        runtime.locks.withLock { $0 = locks }
+        let logger = config.logger
+        let pipe = try ExitPipe(path: layout.exitFifo,
                                 onRecord: { [weak runtime] r in runtime?.deliver(r) },
-                                onError: { [logger = config.logger] in logger.error("\($0)") })
+                                onError: { logger.error("\($0)") },
+                                onFatal: { why in
+                                    logger.critical("\(why): no exit can reach this manager any more; stopping it (the shims keep their exits on disk for the next one)")
+                                    config.onFatal(why)
+                                })
         runtime.exitPipe.withLock { $0 = pipe }
         await runtime.reload()
         return runtime

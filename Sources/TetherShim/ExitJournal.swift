@@ -120,9 +120,15 @@ final class ExitJournal: @unchecked Sendable {
         guard !fifoPath.isEmpty, sending == nil else { return }
         let fd: FD
         do {
-            fd = try FD.open(fifoPath, O_WRONLY | O_NONBLOCK)
+            fd = try FD.open(fifoPath, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
         } catch {
             ShimLog.debug("exit pipe \(fifoPath): \(error.message); records wait for Exits.Pending")
+            return
+        }
+        var st = stat()
+        guard fstat(fd.raw, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else {
+            fd.close()
+            ShimLog.warn("exit pipe \(fifoPath) is not a FIFO; records wait for Exits.Pending")
             return
         }
         write(on: fd)

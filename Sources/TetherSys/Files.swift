@@ -94,6 +94,19 @@ public enum Files {
         return lstat(path, &st) == 0
     }
 
+    /// Which file a path names (device and inode, the link itself for a
+    /// symlink): to tell "still the one I made" from "another one there now".
+    public struct Identity: Equatable, Sendable {
+        public let device: UInt64
+        public let inode: UInt64
+    }
+
+    public static func identity(_ path: String) -> Identity? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        return Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR

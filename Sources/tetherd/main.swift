@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 import TetherManager
 import TetherRuntime
 import TetherServer
@@ -88,9 +89,16 @@ struct Tetherd: AsyncParsableCommand {
         unlink(address)  // a stale socket from a manager that died
 
         let layout = Layout(root: root, state: state)
-        let config = ManagerConfig(layout: layout, runtime: runtime, shimBinary: shimBinary, debugShims: debugShims, logger: logger,
+        var config = ManagerConfig(layout: layout, runtime: runtime, shimBinary: shimBinary, debugShims: debugShims, logger: logger,
                                    runtimeTimeout: runtimeTimeout, shimReadyTimeout: shimTimeout)
+        // A manager that cannot hear exits any more stops, loudly, for its
+        // supervisor to restart it (the shims keep the exits on disk).
+        config.onFatal = { why in
+            FileHandle.standardError.write(Data("tetherd: \(why)\n".utf8))
+            Glibc.exit(70)
+        }
         let runtime = try await ShimRuntime.start(config)
+        let ownSocket = Mutex<Files.Identity?>(nil)
         try Files.writeAtomically(layout.pidFile, Array("\(getpid())\n".utf8), mode: 0o644)
 
         var app = Application(
@@ -98,13 +106,15 @@ struct Tetherd: AsyncParsableCommand {
             configuration: .init(address: .unixDomainSocket(path: address), serverName: nil),
             onServerRunning: { _ in
                 chmod(address, 0o600)
+                ownSocket.withLock { $0 = Files.identity(address) }
                 logger.info("tetherd \(TetherVersion.string) listening", metadata: ["address": "\(address)", "root": "\(layout.root)", "state": "\(layout.state)"])
             },
             logger: logger)
         app.addServices(EventStreamsCloser(events: runtime.events))
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
-        unlink(address)
-        unlink(layout.pidFile)
+        // Only what is still ours: a successor may have its own there by now.
+        if let mine = ownSocket.withLock({ $0 }), Files.identity(address) == mine { unlink(address) }
+        if (try? Files.readString(layout.pidFile)) == "\(getpid())\n" { unlink(layout.pidFile) }
         let running = (try? await runtime.tasks(namespace: defaultNamespace).count) ?? 0
         logger.info("tetherd stopped; tasks keep running under their shims", metadata: ["tasks in default": "\(running)"])
     }

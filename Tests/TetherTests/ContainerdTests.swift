@@ -151,6 +151,10 @@ struct ContainerdTests {
         #expect(del.status == 0, "\(del)")
         let resp = try Containerd_Task_V2_DeleteResponse(serializedBytes: try Files.read("\(dir)/out"))
         #expect(resp.exitStatus == 137 && resp.exitedAt.seconds > 0)
+        // ... and for a bundle that is not there at all.
+        let gone = try await runProgram("/bin/sh", ["-c", "exec \(shim) -namespace n -id gone -address /x -bundle \(dir)/no/such delete >\(dir)/out2"], timeout: 10)
+        #expect(gone.status == 0, "\(gone)")
+        #expect(try Containerd_Task_V2_DeleteResponse(serializedBytes: try Files.read("\(dir)/out2")).exitStatus == 137)
     }
 }
 
