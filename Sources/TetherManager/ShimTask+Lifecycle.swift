@@ -188,7 +188,7 @@ extension ShimTask {
         if shimDead { await cleanUpAfterDeadShim().value }
         let final = record.exit ?? fromShim ?? Exit(pid: record.pid, status: 137, timestamp: Date())
         await stopShim(now: shimDead)
-        let problems = await runtime.teardown.run(record, spec: info.spec, removeFiles: true)
+        let problems = await runtime.teardown.run(record, spec: info.spec, removeFiles: true, runtimeDeleted: fromShim != nil)
         if !problems.isEmpty {
             try? await runtime.onDisk { try self.move(.deleteFailed) }
             throw RuntimeError(.internal, "task \"\(id)\" is deleted but not all of it could be removed: \(problems.joined(separator: "; "))")

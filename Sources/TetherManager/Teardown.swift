@@ -7,7 +7,9 @@ import TetherSys
 /// earlier manager left half made, an unreadable record. Each step is safe
 /// to repeat and runs even when an earlier one failed:
 ///
-/// 1. `runtime delete --force ID` (kills what is left, removes its state);
+/// 1. `runtime delete --force ID` (kills what is left, removes its state),
+///    unless the shim's own delete succeeded and the runtime has no state
+///    left for the ID (a runc call saved on every ordinary delete);
 /// 2. whatever the runtime could not remove (a full disk, a runtime killed
 ///    mid-create): the processes in the task's cgroup are killed and the
 ///    cgroup removed, and the runtime's state directory for the ID removed,
@@ -23,13 +25,17 @@ struct Teardown: Sendable {
 
     /// Returns what could not be done, one line each (logged as well).
     @discardableResult
-    func run(_ r: TaskRecord, spec: Data, removeFiles: Bool) async -> [String] {
+    /// `runtimeDeleted`: the shim's own `runtime delete` succeeded; the
+    /// runtime is called again only if it still has state for the ID.
+    func run(_ r: TaskRecord, spec: Data, removeFiles: Bool, runtimeDeleted: Bool = false) async -> [String] {
         var problems: [String] = []
         let layout = runtime.layout
         let runtimeRoot = layout.runtimeRoot(r.namespace)
-        let code = await runtime.runRuntime(r.runtime, ["--root", runtimeRoot, "delete", "--force", r.id], deadline: Self.runtimeDeadline)
-        if code != 0 && Files.exists("\(runtimeRoot)/\(r.id)") {
-            problems.append("\(Files.basename(r.runtime)) delete --force \(r.id) \(code.map { "exited with status \($0)" } ?? "did not finish")")
+        if !runtimeDeleted || Files.exists("\(runtimeRoot)/\(r.id)") {
+            let code = await runtime.runRuntime(r.runtime, ["--root", runtimeRoot, "delete", "--force", r.id], deadline: Self.runtimeDeadline)
+            if code != 0 && Files.exists("\(runtimeRoot)/\(r.id)") {
+                problems.append("\(Files.basename(r.runtime)) delete --force \(r.id) \(code.map { "exited with status \($0)" } ?? "did not finish")")
+            }
         }
         // Only the task's own cgroup, exactly: a bundle may name any cgroup
         // at all (another task's, a system slice), and that is never ours to kill.
