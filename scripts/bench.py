@@ -911,6 +911,9 @@ def main():
                     for d in sorted((r for r, _, _ in os.walk(path)), key=len, reverse=True):
                         with contextlib.suppress(OSError):
                             os.rmdir(d)
+        # Everything is stopped: what is left under the work directory (the
+        # tetherds' self-bind of their tasks directory) goes with it.
+        clear_leftovers(a.work)
     with open("/proc/loadavg") as f:
         facts["load_at_end"] = f.read().strip()
     with open(os.path.join(a.out, "machine.json"), "w") as f:

@@ -129,6 +129,22 @@ struct ContainerdTests {
         }
     }
 
+    @Test("a task over its 16 MiB memory limit under containerd: the shim publishes /tasks/oom, then the exit")
+    func oomEvent() async throws {
+        try await withContainerd { c in
+            let events = try await c.events()
+            // /dev/shm is a tmpfs charged to the task's memory cgroup: dd fills it past the limit.
+            let r = try await c.run(["--rm", "--memory-limit", "\(16 << 20)", Self.image, "o1",
+                                     "sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=60"])
+            #expect(r.status == 137, "\(r)")
+            #expect(events.out.waitFor("/tasks/delete", timeout: 10))
+            let lines = events.out.text.split(separator: "\n").filter { $0.contains("o1") }
+            #expect(lines.contains { $0.contains("/tasks/oom") }, "\(events.out.text)")
+            kill(events.pid, SIGTERM)
+            _ = events.wait(timeout: 10)
+        }
+    }
+
     @Test("containerd-shim-tether-v1 on bad flags: one clear line; delete with no shim prints a DeleteResponse")
     func binaryFlags() async throws {
         try Prerequisites.require()
