@@ -109,6 +109,7 @@ public struct APIClient: Sendable {
         if let namespace { try Identifier.validate(namespace, kind: "namespace"); query.append("namespace=\(namespace)") }
         if let task { try Identifier.validate(task, kind: "task ID"); query.append("task=\(task)") }
         for t in topics { query.append("topic=\(Self.percentEncoded(t))") }
+        var ending: RuntimeError?
         do {
             var readySent = false
             try http.stream("/v1/events" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))) { line in
@@ -116,11 +117,15 @@ public struct APIClient: Sendable {
                     if !readySent { readySent = true; onReady() }
                 } else if let e = try? APIJSON.decoder.decode(TaskEvent.self, from: line) {
                     onEvent(e)
+                } else if let e = try? APIJSON.decoder.decode(ErrorBody.self, from: line) {
+                    // tetherd's last line when it drops a subscriber that fell behind.
+                    ending = RuntimeError(RuntimeError.Code(rawValue: e.error.code) ?? .internal, e.error.message)
                 }
             }
         } catch let e as HTTPUnixClient.StreamStatus {
             throw Self.error(HTTPUnixClient.Response(status: e.status, headers: [:], body: e.body))
         }
+        if let ending { throw ending }
     }
 
     static func error(_ r: HTTPUnixClient.Response) -> RuntimeError {

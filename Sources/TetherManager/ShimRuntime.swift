@@ -34,6 +34,8 @@ public struct ManagerConfig: Sendable {
     /// after a critical log line. tetherd exits, for its supervisor to
     /// restart it; the default only logs.
     public var onFatal: @Sendable (String) -> Void = { _ in }
+    /// Events queued per API event subscriber before it is dropped as too slow.
+    public var eventBuffer = EventBus.defaultLimit
 
     public init(layout: Layout, runtime: String = "runc", shimBinary: String, debugShims: Bool = false,
                 monitor: any TaskMonitor = NoopTaskMonitor(), logger: Logger = Logger(label: "tetherd"),
@@ -89,7 +91,7 @@ public final class ShimRuntime: Runtime, Sendable {
         disk = NIOThreadPool(numberOfThreads: 4)
         disk.start()
         let logger = config.logger
-        events = EventBus { e in
+        events = EventBus(limit: config.eventBuffer) { e in
             logger.debug("event", metadata: ["topic": "\(e.topic)", "namespace": "\(e.namespace)", "id": "\(e.event.containerID)"])
         }
         monitor = MultiTaskMonitor([try OOMMonitor(events: events, logger: logger), config.monitor])
@@ -311,6 +313,14 @@ public final class ShimRuntime: Runtime, Sendable {
         return tasksByKey.withLock { t in
             t.values.filter { $0.info.namespace == namespace && $0.isVisible }.sorted { $0.id < $1.id }
         }
+    }
+
+    /// tetherd is stopping: every pending wait fails with a clear error, and
+    /// so does every later one (the exits stay with the shims, for the next
+    /// manager), so no client holds the stop up.
+    public func refuseWaits() {
+        let error = RuntimeError(.unavailable, "tetherd is stopping: wait again once it is back (the task keeps running and its exit is kept)")
+        for t in tasksByKey.withLock({ Array($0.values) }) { t.refuseWaits(error) }
     }
 
     func task(forKey key: TaskKey) -> ShimTask? { tasksByKey.withLock { $0[key] } }

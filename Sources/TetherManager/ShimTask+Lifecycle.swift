@@ -21,9 +21,9 @@ extension ShimTask {
     /// Takes an exit record from the shim: stores it, wakes the waiters, acks it.
     /// A record seen before (same or older seq) is only acked again.
     func apply(_ r: Tether_Shim_V1_ExitRecord) {
-        var execWoken: ([CheckedContinuation<Exit, Never>], Exit)?
+        var execWoken: ([CheckedContinuation<Exit, any Error>], Exit)?
         let (fresh, stored, waiters, exit, client) = state.withLock {
-            s -> (Bool, Bool, [CheckedContinuation<Exit, Never>], Exit?, ShimClient?) in
+            s -> (Bool, Bool, [CheckedContinuation<Exit, any Error>], Exit?, ShimClient?) in
             guard r.seq > s.record.ackedSeq else { return (false, true, [], s.record.exit, s.link.client) }
             let exit = Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)
             var next = s.record

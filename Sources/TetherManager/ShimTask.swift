@@ -37,8 +37,10 @@ public final class ShimTask: RuntimeTask, Sendable {
 
     /// Callers of wait, for the init and for each exec.
     struct ExitWaiters {
-        var task: [CheckedContinuation<Exit, Never>] = []
-        var execs: [String: [CheckedContinuation<Exit, Never>]] = [:]
+        var task: [CheckedContinuation<Exit, any Error>] = []
+        var execs: [String: [CheckedContinuation<Exit, any Error>]] = [:]
+        /// Set when tetherd stops: pending and later waits fail with it.
+        var refusal: RuntimeError?
     }
 
     /// Processes ("" for the init) whose Start call is under way: their exit
@@ -168,13 +170,14 @@ public final class ShimTask: RuntimeTask, Sendable {
     }
 
     public func wait() async throws -> Exit {
-        await withCheckedContinuation { (c: CheckedContinuation<Exit, Never>) in
-            let done = state.withLock { s -> Exit? in
-                if let e = s.record.exit { return e }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Exit, any Error>) in
+            let done = state.withLock { s -> Result<Exit, RuntimeError>? in
+                if let e = s.record.exit { return .success(e) }
+                if let r = s.waiters.refusal { return .failure(r) }
                 s.waiters.task.append(c)
                 return nil
             }
-            if let done { c.resume(returning: done) }
+            if let done { c.resume(with: done) }
         }
     }
 
@@ -369,14 +372,27 @@ public final class ShimTask: RuntimeTask, Sendable {
     /// Waits for an exec's exit (from its record, or the exit pipe).
     func waitExec(_ execID: String) async throws -> Exit {
         guard execRecord(execID) != nil else { throw RuntimeError(.containerDoesNotExist, "no exec \"\(execID)\" in task \"\(id)\"") }
-        return await withCheckedContinuation { (c: CheckedContinuation<Exit, Never>) in
-            let done = state.withLock { s -> Exit? in
-                if let exit = s.record.execs[execID]?.exit { return exit }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Exit, any Error>) in
+            let done = state.withLock { s -> Result<Exit, RuntimeError>? in
+                if let exit = s.record.execs[execID]?.exit { return .success(exit) }
+                if let r = s.waiters.refusal { return .failure(r) }
                 s.waiters.execs[execID, default: []].append(c)
                 return nil
             }
-            if let done { c.resume(returning: done) }
+            if let done { c.resume(with: done) }
         }
+    }
+
+    /// Ends every pending wait with `error`, and every later one (tetherd is
+    /// stopping: a wait must not hold it up; the exit stays with the shim).
+    func refuseWaits(_ error: RuntimeError) {
+        let w = state.withLock { s in
+            s.waiters.refusal = error
+            defer { s.waiters.task = []; s.waiters.execs = [:] }
+            return s.waiters
+        }
+        for c in w.task { c.resume(throwing: error) }
+        for list in w.execs.values { for c in list { c.resume(throwing: error) } }
     }
 
     func execRecord(_ execID: String) -> ExecRecord? { state.withLock { $0.record.execs[execID] } }

@@ -9,6 +9,18 @@ import TetherManager
 import TetherOCI
 import TetherRuntime
 
+/// A request's context: Hummingbird's basic one plus the connection, which
+/// an event stream closes when its client stops reading.
+public struct APIContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
 /// tetherd's HTTP API (docs/api.md) over a unix socket: a thin layer that
 /// turns requests into Runtime calls and RuntimeErrors into JSON errors.
 public struct APIServer: Sendable {
@@ -23,14 +35,14 @@ public struct APIServer: Sendable {
         self.logger = logger
     }
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    public func router() -> Router<APIContext> {
+        let router = Router(context: APIContext.self)
         router.add(middleware: ErrorShape(logger: logger))
         router.get("/v1/version") { _, _ in
             json(VersionView(version: TetherVersion.string, runtime: runtime.config.runtime,
                              root: runtime.layout.root, state: runtime.layout.state))
         }
-        router.get("/v1/events") { req, _ in events(req) }
+        router.get("/v1/events") { req, c in events(req, c) }
         let tasks = router.group("/v1/namespaces/:ns/tasks")
         tasks.get { _, c in try await handle { try list(ns(c)) } }
         tasks.post { req, c in try await handle { try await create(ns(c), req) } }
@@ -95,7 +107,7 @@ public struct APIServer: Sendable {
         }
 
         // What a task's init and an exec'd process both answer, registered once.
-        typealias Resolve = @Sendable (BasicRequestContext) async throws -> (any RuntimeProcess, Bool)
+        typealias Resolve = @Sendable (APIContext) async throws -> (any RuntimeProcess, Bool)
         let routes: [(String, Resolve)] = [(":id", { c in (try await task(c), true) }),
                                            (":id/execs/:exec", { c in (try await process(c), false) })]
         for (prefix, resolve) in routes {
@@ -108,7 +120,13 @@ public struct APIServer: Sendable {
                     return Response(status: .noContent)
                 }
             }
-            tasks.post("\(prefix)/wait") { _, c in try await handle { json(ExitView(try await resolve(c).0.wait())) } }
+            tasks.post("\(prefix)/wait") { _, c in
+                try await handle {
+                    let p = try await resolve(c).0
+                    logger.debug("waiting for \(c.parameters.get("id") ?? "")\(c.parameters.get("exec").map { " exec \($0)" } ?? "")")
+                    return json(ExitView(try await p.wait()))
+                }
+            }
             tasks.post("\(prefix)/resize") { req, c in
                 try await handle {
                     let body: ResizeRequest = try await decode(req, default: nil)
@@ -168,7 +186,7 @@ public struct APIServer: Sendable {
 
     private func view(_ t: any RuntimeTask) async throws -> Response { json(try await taskView(t)) }
 
-    private func exec(_ c: BasicRequestContext, _ req: Request) async throws -> Response {
+    private func exec(_ c: APIContext, _ req: Request) async throws -> Response {
         let body: ExecRequest = try await decode(req, default: nil)
         let t = try await task(c)
         let execID = body.execID ?? "exec-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
@@ -181,13 +199,13 @@ public struct APIServer: Sendable {
         return json(try await processView(p), status: .created)
     }
 
-    private func execID(_ c: BasicRequestContext) throws -> String {
+    private func execID(_ c: APIContext) throws -> String {
         guard let execID = c.parameters.get("exec") else { throw RuntimeError(.invalidArgument, "no exec ID in the path") }
         try Identifier.validate(execID, kind: "exec ID")
         return execID
     }
 
-    private func process(_ c: BasicRequestContext) async throws -> any RuntimeProcess {
+    private func process(_ c: APIContext) async throws -> any RuntimeProcess {
         // Two statements, not one expression: Swift 6.3.1's optimizer crashed
         // (CoroSplit) on `try await task(c).process(id: try execID(c))`.
         let execID = try execID(c)
@@ -213,17 +231,17 @@ public struct APIServer: Sendable {
                         runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid)
     }
 
-    private func task(_ c: BasicRequestContext) async throws -> any RuntimeTask {
+    private func task(_ c: APIContext) async throws -> any RuntimeTask {
         guard let id = c.parameters.get("id") else { throw RuntimeError(.invalidArgument, "no task ID in the path") }
         return try await runtime.get(namespace: try ns(c), id: id)
     }
 
-    private func shimTask(_ c: BasicRequestContext) async throws -> ShimTask {
+    private func shimTask(_ c: APIContext) async throws -> ShimTask {
         guard let t = try await task(c) as? ShimTask else { throw RuntimeError(.internal, "not a shim task") }
         return t
     }
 
-    private func ns(_ c: BasicRequestContext) throws -> String {
+    private func ns(_ c: APIContext) throws -> String {
         guard let ns = c.parameters.get("ns") else { throw RuntimeError(.invalidArgument, "no namespace in the path") }
         try Identifier.validate(ns, kind: "namespace")
         return ns
@@ -231,28 +249,54 @@ public struct APIServer: Sendable {
 
     /// GET /v1/events: one JSON object per line, as events happen, until the
     /// client goes away. Filters: namespace, task, topic (repeatable).
-    private func events(_ req: Request) -> Response {
+    /// A client that falls more than `runtime.events.limit` events behind
+    /// gets a final error line and is disconnected; whatever ends the stream
+    /// (that, or tetherd stopping), a client that does not take the rest
+    /// within `streamGrace` has its connection closed.
+    private func events(_ req: Request, _ c: APIContext) -> Response {
         let q = req.uri.queryParameters
         let namespace = q.get("namespace")
         let task = q.get("task")
         let topics = Set(q.getAll("topic").map { String($0) })
-        let stream = runtime.events.subscribe()
+        let sub = runtime.events.subscribe()
+        let channel = c.channel
+        let logger = self.logger
         var headers = HTTPFields()
         headers[.contentType] = "application/x-ndjson"
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            defer { sub.cancel() }
+            let closer = Task {
+                await sub.ended()
+                if case .fellBehind(let limit) = sub.reason {
+                    logger.warning("an event subscriber fell more than \(limit) events behind; disconnecting it")
+                }
+                try await Task.sleep(for: Self.streamGrace)
+                logger.warning("closed the connection of an event subscriber that did not read its stream's end within \(Self.streamGrace)")
+                channel.close(promise: nil)
+            }
+            defer { closer.cancel() }
             // An empty first line: the subscription is in place, later events will come.
             try await writer.write(ByteBuffer(bytes: [0x0A]))
-            // Ends at a graceful shutdown too: an open stream must not keep tetherd alive.
-            for await e in stream.cancelOnGracefulShutdown() {
+            for await e in sub {
                 if let namespace, e.namespace != namespace { continue }
                 if let task, e.event.containerID != task { continue }
                 if !topics.isEmpty && !topics.contains(e.topic) { continue }
                 guard let data = try? APIJSON.encoder.encode(e) else { continue }
                 try await writer.write(ByteBuffer(bytes: Array(data) + [0x0A]))
             }
+            if case .fellBehind(let limit) = sub.reason {
+                let body = ErrorBody(code: RuntimeError.Code.unavailable.rawValue,
+                                     message: "this subscriber fell more than \(limit) events behind and was disconnected: read events as they come, then subscribe again")
+                if let data = try? APIJSON.encoder.encode(body) {
+                    try await writer.write(ByteBuffer(bytes: Array(data) + [0x0A]))
+                }
+            }
             try await writer.finish(nil)
         })
     }
+
+    /// How long an ended event stream waits for its client before closing the connection.
+    static let streamGrace = Duration.seconds(5)
 
     // MARK: - JSON in and out
 
@@ -280,11 +324,25 @@ public struct APIServer: Sendable {
         do {
             return try await body()
         } catch let e as RuntimeError {
-            return errorResponse(e)
+            return errorResponse(FileLimit.unavailable(e.message) ?? e)
         } catch {
             logger.error("request failed: \(error)")
-            return errorResponse(RuntimeError(.internal, "\(error)"))
+            return errorResponse(FileLimit.unavailable("\(error)") ?? RuntimeError(.internal, "\(error)"))
         }
+    }
+}
+
+/// Running out of file descriptors is tetherd's own limit, not the
+/// request's fault: 503, with what to do, and the API keeps answering what
+/// it can.
+enum FileLimit {
+    static func unavailable(_ message: String) -> RuntimeError? {
+        let emfile = String(cString: strerror(EMFILE)), enfile = String(cString: strerror(ENFILE))
+        guard message.contains(emfile) || message.contains(enfile) else { return nil }
+        var lim = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+        return RuntimeError(.unavailable, "tetherd has run out of file descriptors (\(open) open, limit \(lim.rlim_cur)): \(message); raise its limit (LimitNOFILE= in its unit, or ulimit -n before starting it) or delete tasks it no longer needs")
     }
 }
 
@@ -298,7 +356,7 @@ extension RuntimeError {
 /// an unknown route (404), a body over the limit (413), anything Hummingbird
 /// itself throws.
 struct ErrorShape: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = APIContext
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

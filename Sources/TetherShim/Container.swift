@@ -304,16 +304,24 @@ final class Container: @unchecked Sendable {
         process.applyPendingSize()
     }
 
-    /// Called by the reaper: record durably, then tell the process's waiters.
+    /// Called by the reaper: records the exit durably at once; tells the
+    /// process's waiters, the manager and containerd once its output is in
+    /// its destinations (log, FIFO), or `outputDrainTimeout` has passed, so
+    /// whoever waits for the exit then finds all of the output.
     private func processExited(_ process: ShimProcess, pid: Int32, code: Int32, at: WallTime) {
-        let record = journal.record(pid: pid, execID: process.execID, code: code, at: at)
-        events?.exit(record)
-        process.exited(ShimProcess.ExitInfo(pid: pid, code: UInt32(bitPattern: code), at: at))
-        guard process.isInit else { return }
+        let record = journal.record(pid: pid, execID: process.execID, code: code, at: at, held: true)
         // The init is gone. In a pid namespace the kernel has killed the rest;
         // without one, execs may live on: end them as containerd does.
-        if processes.values.contains(where: { !$0.isInit && $0.phase == .running }) {
+        if process.isInit, processes.values.contains(where: { !$0.isInit && $0.phase == .running }) {
             loop.task { [self] in try? await runtime.kill(id: options.id, signal: UInt32(SIGKILL), all: true) }
+        }
+        loop.task { [self] in
+            if !(await process.waitForOutput(timeoutNanos: Self.outputDrainTimeout, relay: relay)) {
+                ShimLog.info("exit of \(process.name) reported before its output was drained (nobody reads it, or a process outside the container holds it open)")
+            }
+            process.exited(ShimProcess.ExitInfo(pid: pid, code: UInt32(bitPattern: code), at: at))
+            journal.release(record.seq)
+            events?.exit(record)
         }
     }
 

@@ -31,6 +31,8 @@ final class ExitJournal: @unchecked Sendable {
     private var nextSeq: UInt64 = 1
     private var pendingRecords: [UInt64: Record] = [:]
     private var sentUpTo: UInt64 = 0
+    /// Records on disk whose sending waits for their process's output.
+    private var heldBack: Set<UInt64> = []
     /// The pipe while a batch waits for room in it.
     private var sending: (fd: FD, source: EventLoop.Source)?
 
@@ -48,9 +50,11 @@ final class ExitJournal: @unchecked Sendable {
         if !loaded.isEmpty { loop.execute { [self] in sendUnsent() } }
     }
 
-    /// Records an exit durably, then sends it to the manager.
+    /// Records an exit durably, then sends it to the manager; with `held`,
+    /// only once `release` is called (the process's output is drained).
+    /// Records go out in order: a held one holds back those after it.
     @discardableResult
-    func record(pid: Int32, execID: String, code: Int32, at: WallTime) -> Record {
+    func record(pid: Int32, execID: String, code: Int32, at: WallTime, held: Bool = false) -> Record {
         var r = Record()
         r.seq = nextSeq
         r.namespace = namespace
@@ -62,6 +66,7 @@ final class ExitJournal: @unchecked Sendable {
         r.instance = instance
         nextSeq += 1
         pendingRecords[r.seq] = r
+        if held { heldBack.insert(r.seq) }
         do {
             try Files.writeAtomically(path(r.seq), Array(try r.jsonString().utf8) + [0x0A])
         } catch {
@@ -70,6 +75,11 @@ final class ExitJournal: @unchecked Sendable {
         ShimLog.info("exit: pid \(pid) exec \"\(execID)\" status \(code), record \(r.seq)")
         sendUnsent()
         return r
+    }
+
+    /// Sends a held record (and those it held back).
+    func release(_ seq: UInt64) {
+        if heldBack.remove(seq) != nil { sendUnsent() }
     }
 
     /// Records the manager has not acknowledged, oldest first.
@@ -136,6 +146,7 @@ final class ExitJournal: @unchecked Sendable {
 
     private func write(on fd: FD) {
         for r in pendingRecords.values.filter({ $0.seq > sentUpTo }).sorted(by: { $0.seq < $1.seq }) {
+            if heldBack.contains(r.seq) { return }
             guard let line = try? r.jsonString() else { continue }
             let bytes = Array(line.utf8) + [0x0A]
             // Under PIPE_BUF: the kernel writes it whole or not at all.

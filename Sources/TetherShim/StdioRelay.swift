@@ -122,12 +122,19 @@ final class StdioRelay: @unchecked Sendable {
 
     private enum Outcome { case srcEmpty, dstFull, eof, failed }
 
+    /// Bytes one stream moves per wakeup before the loop serves the rest
+    /// (other streams, RPCs, exits). A stream tapped into a CRI log formats
+    /// every line it moves, about 2 MB/s in a debug build: a large budget
+    /// there kept a State call waiting for seconds behind `seq 1 3000000`.
+    static let budget = 1 << 20
+    static let tappedBudget = 64 << 10
+
     /// Moves what can be moved now, then waits on the right fd.
     private func pump(_ id: StreamID, _ s: Stream) {
         var moved = 0
         var outcome = Outcome.srcEmpty
         while true {
-            if moved >= 16 << 20 {
+            if moved >= (s.tap == nil ? Self.budget : Self.tappedBudget) {
                 // Yield to the other streams; epoll is level-triggered and
                 // brings us back. A source epoll cannot watch comes back
                 // through its destination's readiness instead.

@@ -39,8 +39,11 @@ struct Attach: ParsableCommand {
                 closeIO: { try? api.closeIO(id, execID: execID) },
                 start: nil,
                 wait: { try execID.map { try api.waitExec(id, $0) } ?? api.wait(id) })
-            guard case .exited(let exit) = outcome else { return }
-            throw ExitCode(Int32(truncatingIfNeeded: exit.status))
+            switch outcome {
+            case .exited(let exit): throw ExitCode(Int32(truncatingIfNeeded: exit.status))
+            case .detached: return
+            case .outputClosed: throw ExitCode(128 + SIGPIPE)
+            }
         }
     }
 }

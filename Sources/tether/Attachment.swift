@@ -21,6 +21,9 @@ final class Attachment: @unchecked Sendable {
     private let done = DispatchGroup()
     /// Set when the user typed the detach keys (ctrl-p ctrl-q) in a terminal session.
     let detached = DispatchSemaphore(value: 0)
+    /// Set when our own stdout or stderr went away (`tether run … | head`):
+    /// the copy stops reading, and the session ends instead of spinning.
+    let outputClosed = DispatchSemaphore(value: 0)
 
     /// Opens the output FIFOs (non-blocking: the open never waits; poll does).
     /// One client at a time: two readers of one FIFO would each get part of
@@ -46,8 +49,8 @@ final class Attachment: @unchecked Sendable {
             guard let src else { continue }
             Self.enlargeIfPipe(dst)
             done.enter()
-            try OSThread.start(dst == 1 ? "copy-stdout" : "copy-stderr") { [done] in
-                Self.copyOut(src, to: dst)
+            try OSThread.start(dst == 1 ? "copy-stdout" : "copy-stderr") { [done, outputClosed] in
+                if Self.copyOut(src, to: dst) == .sinkClosed { outputClosed.signal() }
                 done.leave()
             }
         }
@@ -71,44 +74,45 @@ final class Attachment: @unchecked Sendable {
     /// Waits for the end of the output.
     func waitForOutput() { done.wait() }
 
+    enum CopyEnd { case endOfFile, sinkClosed }
+
     /// Copies until end of file: with splice(2) where our output allows it
     /// (a pipe or a file: the bytes never enter this process), else through a
-    /// buffer (a terminal). If our own output goes away (EPIPE), keeps
-    /// reading and dropping, so the process never blocks on a full pipe.
-    private static func copyOut(_ src: FD, to dst: Int32) {
+    /// buffer (a terminal). If our own output goes away (EPIPE, as when the
+    /// reader of `tether run … | head` exits), stops at once: reading on and
+    /// dropping would spin for as long as the process writes.
+    private static func copyOut(_ src: FD, to dst: Int32) -> CopyEnd {
         var buf = [UInt8](repeating: 0, count: 65536)
-        var sinkOpen = true
         var useSplice = true
         while true {
             if useSplice {
                 let n = src.splice(to: dst, max: 1 << 20)
                 if n > 0 { continue }
-                if n == 0 { return }
+                if n == 0 { return .endOfFile }
+                if n == -Int(EPIPE) { return .sinkClosed }
                 if n == -Int(EAGAIN) {
                     // Either no room in our output or nothing in the FIFO: wait for both.
-                    if !waitFor(dst, POLLOUT) || !waitFor(src.raw, POLLIN) { return }
+                    if !waitFor(dst, POLLOUT) || !waitFor(src.raw, POLLIN) { return .endOfFile }
                     continue
                 }
-                // EPIPE: the sink is gone (keep draining); anything else: let read and write decide.
+                // Anything else (a terminal, which splice cannot write): read and write.
                 useSplice = false
-                if n == -Int(EPIPE) { sinkOpen = false }
                 continue
             }
             let n = buf.withUnsafeMutableBytes { read(src.raw, $0.baseAddress!, $0.count) }
-            if n == 0 { return }
+            if n == 0 { return .endOfFile }
             if n < 0 {
                 if errno == EINTR { continue }
-                guard errno == EAGAIN, waitFor(src.raw, POLLIN) else { return }
+                guard errno == EAGAIN, waitFor(src.raw, POLLIN) else { return .endOfFile }
                 continue
             }
             var off = 0
-            while sinkOpen && off < n {
+            while off < n {
                 let w = buf.withUnsafeBytes { write(dst, $0.baseAddress! + off, n - off) }
                 if w < 0 {
                     if errno == EINTR { continue }
                     if errno == EAGAIN, waitFor(dst, POLLOUT) { continue }
-                    sinkOpen = false
-                    break
+                    return .sinkClosed
                 }
                 off += w
             }

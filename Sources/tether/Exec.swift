@@ -60,12 +60,16 @@ struct Exec: ParsableCommand {
                     }
                 },
                 wait: { try api.waitExec(id, execID) })
-            guard case .exited(let exit) = outcome else {
+            switch outcome {
+            case .exited(let exit):
+                _ = try? api.deleteExec(id, execID)
+                throw ExitCode(Int32(truncatingIfNeeded: exit.status))
+            case .detached:
                 printError("tether: detached from exec \(execID) of \(id); it keeps running")
-                return
+            case .outputClosed:
+                printError("tether: our output was closed; exec \(execID) of \(id) keeps running, detached ('tether attach --exec-id \(execID) \(id)' to read it)")
+                throw ExitCode(128 + SIGPIPE)
             }
-            _ = try? api.deleteExec(id, execID)
-            throw ExitCode(Int32(truncatingIfNeeded: exit.status))
         }
     }
 }

@@ -57,12 +57,23 @@ struct Run: ParsableCommand {
                     }
                 },
                 wait: { try api.wait(id) })
-            guard case .exited(let exit) = outcome else {
+            switch outcome {
+            case .exited(let exit):
+                if rm { _ = try api.delete(id) }
+                throw ExitCode(Int32(truncatingIfNeeded: exit.status))
+            case .detached:
                 printError("tether: detached from \(id); it keeps running ('tether attach \(id)' to come back)")
-                return
+            case .outputClosed where rm:
+                // As a shell pipeline ends its writer once the reader is gone.
+                // SIGKILL: a container's init ignores signals it has no handler for.
+                _ = try? api.kill(id, signal: "KILL", all: true)
+                _ = try? api.wait(id)
+                _ = try api.delete(id)
+                throw ExitCode(128 + SIGPIPE)
+            case .outputClosed:
+                printError("tether: our output was closed; \(id) keeps running, detached ('tether attach \(id)' to read it, 'tether kill -s KILL \(id)' then 'tether delete \(id)' to end it)")
+                throw ExitCode(128 + SIGPIPE)
             }
-            if rm { _ = try api.delete(id) }
-            throw ExitCode(Int32(truncatingIfNeeded: exit.status))
         }
     }
 }

@@ -16,7 +16,9 @@ import TetherSys
 /// stdio, forward signals or window sizes, and wait for its exit or for
 /// the user to detach.
 struct Session {
-    enum Outcome { case exited(ExitView), detached }
+    /// `outputClosed`: our stdout or stderr went away (the reader of a
+    /// pipeline exited); the process may still be running.
+    enum Outcome { case exited(ExitView), detached, outputClosed }
 
     let attachment: Attachment
     let tty: Bool
@@ -45,6 +47,11 @@ struct Session {
         try OSThread.start("detach-keys") {
             attachment.detached.wait()
             result.set(.success(.detached))
+            finished.signal()
+        }
+        try OSThread.start("output-closed") {
+            attachment.outputClosed.wait()
+            result.set(.success(.outputClosed))
             finished.signal()
         }
         finished.wait()

@@ -44,7 +44,11 @@ struct Tetherd: AsyncParsableCommand {
     @Option(help: "Seconds a new shim may take to listen before it is killed; 1 to 600.")
     var shimTimeout: Int32 = 10
 
+    @Option(help: "Events queued for one API event subscriber (GET /v1/events) before it is disconnected as too slow; 16 to 1048576.")
+    var eventBuffer = EventBus.defaultLimit
+
     func validate() throws {
+        guard (16...1 << 20).contains(eventBuffer) else { throw ValidationError("--event-buffer \(eventBuffer) is out of range: give 16 to 1048576 events") }
         guard (1...3600).contains(runtimeTimeout) else { throw ValidationError("--runtime-timeout \(runtimeTimeout) is out of range: give 1 to 3600 seconds") }
         guard (1...600).contains(shimTimeout) else { throw ValidationError("--shim-timeout \(shimTimeout) is out of range: give 1 to 600 seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -63,6 +67,7 @@ struct Tetherd: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "tetherd")
+        raiseFileLimit(logger)
         let address = address ?? "\(state)/tetherd.sock"
         do {
             try await serve(address: address, logger: logger)
@@ -93,6 +98,7 @@ struct Tetherd: AsyncParsableCommand {
                                    runtimeTimeout: runtimeTimeout, shimReadyTimeout: shimTimeout)
         // A manager that cannot hear exits any more stops, loudly, for its
         // supervisor to restart it (the shims keep the exits on disk).
+        config.eventBuffer = eventBuffer
         config.onFatal = { why in
             FileHandle.standardError.write(Data("tetherd: \(why)\n".utf8))
             Glibc.exit(70)
@@ -110,13 +116,36 @@ struct Tetherd: AsyncParsableCommand {
                 logger.info("tetherd \(TetherVersion.string) listening", metadata: ["address": "\(address)", "root": "\(layout.root)", "state": "\(layout.state)"])
             },
             logger: logger)
-        app.addServices(EventStreamsCloser(events: runtime.events))
-        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
         // Only what is still ours: a successor may have its own there by now.
-        if let mine = ownSocket.withLock({ $0 }), Files.identity(address) == mine { unlink(address) }
-        if (try? Files.readString(layout.pidFile)) == "\(getpid())\n" { unlink(layout.pidFile) }
+        let release: @Sendable () -> Void = {
+            if let mine = ownSocket.withLock({ $0 }), Files.identity(address) == mine { unlink(address) }
+            if (try? Files.readString(layout.pidFile)) == "\(getpid())\n" { unlink(layout.pidFile) }
+        }
+        // PromptStop after the server in the list: a graceful shutdown stops
+        // services last to first, so it acts before the server waits for its requests.
+        let group = ServiceGroup(configuration: .init(services: [app, PromptStop(runtime: runtime, logger: logger, release: release)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        release()
         let running = (try? await runtime.tasks(namespace: defaultNamespace).count) ?? 0
         logger.info("tetherd stopped; tasks keep running under their shims", metadata: ["tasks in default": "\(running)"])
+    }
+
+    /// Raises the soft limit on open files to the hard one, as containerd
+    /// does: tetherd holds a few fds per task (docs/architecture.md), and
+    /// systemd's default soft limit of 1024 would stop it at a few hundred.
+    private func raiseFileLimit(_ logger: Logger) {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return }
+        let soft = lim.rlim_cur
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) != 0 {
+                logger.warning("setrlimit RLIMIT_NOFILE \(lim.rlim_max): \(String(cString: strerror(errno))); keeping \(soft)")
+                return
+            }
+        }
+        logger.debug("open file limit", metadata: ["soft was": "\(soft)", "now": "\(lim.rlim_cur)"])
     }
 
     private func findShim() -> String? {
@@ -128,13 +157,28 @@ struct Tetherd: AsyncParsableCommand {
     }
 }
 
-/// Ends the event streams when a graceful shutdown begins: an open
-/// `GET /v1/events` would otherwise keep the server waiting for it forever.
-struct EventStreamsCloser: Service {
-    let events: EventBus
+/// Makes a graceful shutdown prompt and bounded: when it begins, event
+/// streams end and pending waits fail with a clear error (clients retry
+/// against the next tetherd; exits stay with the shims); whatever still runs
+/// after `bound` (a runtime call mid-create) does not keep tetherd alive.
+struct PromptStop: Service {
+    let runtime: ShimRuntime
+    let logger: Logger
+    let release: @Sendable () -> Void
+    static let bound: Duration = .seconds(10)
 
     func run() async throws {
         try? await gracefulShutdown()
-        events.finishAll()
+        runtime.events.finishAll()
+        runtime.refuseWaits()
+        let (logger, release) = (logger, release)
+        _ = try? OSThread.start("stop-bound") {
+            var left = timespec(tv_sec: Int(Self.bound.components.seconds), tv_nsec: 0)
+            var asked = left
+            while nanosleep(&asked, &left) != 0 && errno == EINTR { asked = left }
+            logger.warning("tetherd did not stop within \(Self.bound) of the signal (a request still running); exiting anyway, tasks keep running under their shims")
+            release()
+            Glibc.exit(0)
+        }
     }
 }

@@ -11,8 +11,9 @@ import TetherRuntime
 import TetherSys
 
 /// A tetherd for the body; always finished (stopped, checked for leaks, removed).
-func withDaemon(_ args: [String] = [], env: [String: String] = [:], _ body: (TestDaemon) async throws -> Void) async throws {
-    let d = try await TestDaemon(args, env: env)
+func withDaemon(_ args: [String] = [], env: [String: String] = [:], wrapper: [String] = [],
+                _ body: (TestDaemon) async throws -> Void) async throws {
+    let d = try await TestDaemon(args, env: env, wrapper: wrapper)
     do {
         try await body(d)
     } catch {

@@ -138,7 +138,11 @@ final class TestDaemon: @unchecked Sendable {
     /// More environment for tetherd (and so for its shims): test faults.
     private let extraEnv: [String: String]
 
-    init(_ extraArgs: [String] = [], env: [String: String] = [:]) async throws {
+    /// A program tetherd is started through (prlimit ... --), if any.
+    private let wrapper: [String]
+
+    init(_ extraArgs: [String] = [], env: [String: String] = [:], wrapper: [String] = []) async throws {
+        self.wrapper = wrapper
         try Prerequisites.require()
         dir = try makeTempDir()
         mountsBefore = Self.mountsOutside(dir)
@@ -160,7 +164,8 @@ final class TestDaemon: @unchecked Sendable {
         options.environment = ProcessInfo.processInfo.environment.merging(["TETHER_TEST_HOOKS": hooks]) { $1 }
             .merging(extraEnv) { $1 }.map { "\($0)=\($1)" }
         let bin = "\(Prerequisites.binDir)/tetherd"
-        pid = try Spawn.spawn(bin, [bin, "--root", root, "--state", state, "--log-level", "debug"] + extraArgs, options)
+        let argv = wrapper + [bin, "--root", root, "--state", state, "--log-level", "debug"] + extraArgs
+        pid = try Spawn.spawn(argv[0], argv, options)
         err.write.close()
         let lines = ReadLines(err.read)
         log = lines
@@ -170,6 +175,11 @@ final class TestDaemon: @unchecked Sendable {
 
     /// This tetherd's log.
     var logText: String { log?.text ?? "" }
+    /// Waits (off the pool) until this tetherd's log has `needle`.
+    func waitForLog(_ needle: String, timeout: TimeInterval) async throws -> Bool {
+        guard let log else { return false }
+        return try await offPool { log.waitFor(needle, timeout: timeout) }
+    }
     /// The logs of every tetherd this test started.
     var allLogs: String { earlierLogs + logText }
 
