@@ -23,7 +23,10 @@ extension ShimRuntime {
                 found.append((ns, id))
             }
         }
-        guard !found.isEmpty else { return }
+        guard !found.isEmpty else {
+            await stopOrphans()
+            return
+        }
         let start = monotonicNanos()
         await withTaskGroup(of: Void.self) { group in
             var next = found.makeIterator()
@@ -36,6 +39,40 @@ extension ShimRuntime {
             }
         }
         logger.info("reloaded tasks", metadata: ["count": "\(found.count)", "ms": "\((monotonicNanos() - start) / 1_000_000)"])
+        await stopOrphans()
+    }
+
+    /// Shims and containers of this manager that no record describes any
+    /// more (someone removed STATE/tasks/NS/ID while the task ran): nothing
+    /// could reach them, so they are stopped, and each stays listed as a
+    /// stopped task with the reason until deleted. Found by the shims'
+    /// command lines (their --bundle under our tasks directory) and by the
+    /// runtime's own state (its --root under ours).
+    func stopOrphans() async {
+        var orphans: [TaskKey: Int32?] = [:]
+        let prefix = layout.tasksDir + "/"
+        for entry in (try? Files.listDirectory("/proc")) ?? [] {
+            guard let pid = Int32(entry), let args = Proc.arguments(pid), args.first?.hasSuffix("tether-shim") == true else { continue }
+            func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
+            guard let bundle = value("--bundle"), bundle.hasPrefix(prefix), let ns = value("--namespace"), let id = value("--id"),
+                  bundle == layout.bundle(ns, id), Identifier.isValid(ns), Identifier.isValid(id) else { continue }
+            let key = TaskKey(namespace: ns, id: id)
+            if task(forKey: key) == nil { orphans[key] = pid }
+        }
+        let runcDir = "\(layout.state)/runc"
+        for ns in (try? Files.listDirectory(runcDir)) ?? [] where Identifier.isValid(ns) {
+            for id in (try? Files.listDirectory("\(runcDir)/\(ns)")) ?? [] where Identifier.isValid(id) {
+                let key = TaskKey(namespace: ns, id: id)
+                if task(forKey: key) == nil && orphans[key] == nil { orphans[key] = .some(nil) }
+            }
+        }
+        for (key, pid) in orphans {
+            let bundle = layout.bundle(key.namespace, key.id)
+            logger.error("a task's shim or container runs without its state directory; stopping it",
+                         metadata: ["namespace": "\(key.namespace)", "id": "\(key.id)", "shim": "\(pid.map { "\($0)" } ?? "none")"])
+            await stopUnreachable(key.namespace, key.id, shim: pid,
+                                  reason: "its state directory \(bundle) was removed while it ran; tetherd stopped its container and shim when it started, as nothing could reach them")
+        }
     }
 
     private func reloadTask(_ namespace: String, _ id: String) async {
@@ -168,22 +205,33 @@ extension ShimRuntime {
     /// deleted, its mounts removed, and it stays listed as stopped with a
     /// reason until deleted. The unreadable file is kept beside it.
     private func reloadUnreadable(_ namespace: String, _ id: String, path: String, error: any Error) async {
-        let reason = "its state file \(path) was unreadable (\(error)); the task was stopped"
         logger.error("task record is unreadable; handling the task as dead", metadata: ["path": "\(path)", "error": "\(error)"])
         rename(path, path + ".unreadable")
+        let bundle = layout.bundle(namespace, id)
+        var shim: Int32?
+        if let text = try? Files.readString("\(bundle)/shim.pid"), let pid = Int32(text.filter(\.isNumber)),
+           Self.isShim(pid: pid, namespace: namespace, id: id) {
+            shim = pid
+        }
+        await stopUnreachable(namespace, id, shim: shim, reason: "its state file \(path) was unreadable (\(error)); the task was stopped")
+    }
+
+    /// Stops a task tetherd cannot serve (its shim, its container, its
+    /// mounts) and lists it as stopped with `reason` until it is deleted.
+    private func stopUnreachable(_ namespace: String, _ id: String, shim: Int32?, reason: String) async {
         let bundle = layout.bundle(namespace, id)
         let scratch = layout.scratch(namespace, id)
         var record = TaskRecord(namespace: namespace, id: id, instance: "", runtime: Spawn.lookPath(config.runtime) ?? config.runtime,
                                 bundle: bundle, io: IO(), rootfs: [], scratch: Files.exists(scratch) ? scratch : nil,
                                 phase: .stopped, createdAt: Date())
-        if let text = try? Files.readString("\(bundle)/shim.pid"), let pid = Int32(text.filter(\.isNumber)),
-           Self.isShim(pid: pid, namespace: namespace, id: id) {
-            await killShim(pid)
-        }
-        let spec = (try? Files.read("\(bundle)/config.json")).map { Data($0) } ?? Data()
+        if let shim { await killShim(shim) }
+        // The spec may be gone with the directory: the task's own cgroup is known by name.
+        let spec = (try? Files.read("\(bundle)/config.json")).map { Data($0) }
+            ?? Data(#"{"linux": {"cgroupsPath": "\#(layout.cgroup(namespace, id))"}}"#.utf8)
         await teardown.run(record, spec: spec, removeFiles: false)
         record.exit = Exit(pid: 0, status: 137, timestamp: Date())
         record.exitReason = reason
+        try? Files.makeDirectories(bundle)
         try? record.save()
         let task = ShimTask(runtime: self, record: record, spec: Data())
         task.shimExited(code: nil)  // no shim: its cleanup just ran, and finds the exit recorded

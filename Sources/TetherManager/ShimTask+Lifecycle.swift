@@ -55,6 +55,7 @@ extension ShimTask {
                                                       "pid": "\(r.pid)", "status": "\(r.exitStatus)", "seq": "\(r.seq)"])
             publishExit(exitEvent(execID: r.execID, Exit(pid: r.pid, status: r.exitStatus, timestamp: r.exitedAt.date)), execID: r.execID)
             if let exit { for w in waiters { w.resume(returning: exit) } }
+            if !r.execID.isEmpty { Task { await pruneExitedExecs() } }
         }
         guard stored, let client else { return }  // unacked, the shim keeps the record for the next reload
         var ack = Tether_Shim_V1_AckRequest()
@@ -64,6 +65,31 @@ extension ShimTask {
                 let _: Google_Protobuf_Empty = try await client.call("tether.shim.v1.Exits", "Ack", ack)
             } catch {
                 logger.debug("ack \(r.seq) to \(r.namespace)/\(r.id) failed: \(error)")
+            }
+        }
+    }
+
+    /// Exited execs kept per task (their records, FIFOs and IDs), for
+    /// `tether exec` to collect and anyone to inspect; beyond this, the
+    /// oldest are deleted as DELETE .../execs/ID would (their exits were
+    /// delivered and published already). A health check run with `exec -d`
+    /// every few seconds then costs a bounded record, not a growing one.
+    static let exitedExecsKept = 16
+
+    func pruneExitedExecs() async {
+        let victims = state.withLock { s -> [String] in
+            let exited = s.record.execs.compactMap { id, e in e.exit.map { (id, $0.timestamp) } }
+            guard exited.count > Self.exitedExecsKept else { return [] }
+            return exited.sorted { $0.1 < $1.1 }.prefix(exited.count - Self.exitedExecsKept).map(\.0)
+        }
+        for execID in victims {
+            do {
+                _ = try await deleteProcess(id: execID)
+                logger.debug("removed an old exited exec", metadata: ["id": "\(id)", "exec": "\(execID)"])
+            } catch let e as RuntimeError where e.code == .containerDoesNotExist {
+                // Deleted meanwhile by its own client.
+            } catch {
+                logger.warning("could not remove exited exec \(execID) of \(id): \(error)")
             }
         }
     }

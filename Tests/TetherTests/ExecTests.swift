@@ -51,6 +51,36 @@ struct ExecTests {
         }
     }
 
+    @Test("exited execs are kept up to 16 per task: older ones lose their record, FIFOs and ID; every exit is still published")
+    func exitedExecsBounded() async throws {
+        try await withDaemon { d in
+            #expect(try await d.tether("run", "-d", "t", "--", "sleep", "100").status == 0)
+            let exits = try StartedProgram("\(Prerequisites.binDir)/tether", ["events", "--task", "t", "--topic", "/tasks/exit"],
+                                           env: ["TETHER_ADDRESS": d.address])
+            defer { kill(exits.pid, SIGKILL); _ = exits.wait(timeout: 10) }
+            // With -i the execs have FIFOs, as a health check run with exec -d -i would.
+            for i in 0..<24 {
+                let r = try await d.tether("exec", "-d", "-i", "--exec-id", "e\(i)", "t", "--", "true")
+                #expect(r.status == 0, "\(r)")
+                #expect(try await AsyncAPI(d).waitExec("t", "e\(i)").status == 0)
+            }
+            func recorded() -> [String] {
+                guard let data = try? Files.read("\(d.bundle("t"))/task.json"),
+                      let json = try? JSONSerialization.jsonObject(with: Data(data)) as? [String: Any] else { return [] }
+                return ((json["execs"] as? [String: Any]) ?? [:]).keys.sorted()
+            }
+            #expect(await eventually(10) { recorded().count == 16 }, "\(recorded())")
+            #expect(Set(recorded()) == Set((8..<24).map { "e\($0)" }), "\(recorded())")
+            let fifos = (try? Files.listDirectory("\(d.bundle("t"))/io")) ?? []
+            #expect(!fifos.contains { $0.hasPrefix("exec-e0.") } && fifos.contains { $0.hasPrefix("exec-e23.") }, "\(fifos)")
+            await #expect(throws: (any Error).self) { _ = try await AsyncAPI(d).getExec("t", "e0") }
+            // The old IDs are free again.
+            #expect(try await d.tether("exec", "--exec-id", "e0", "t", "--", "true").status == 0)
+            #expect(await eventually(10) { exits.out.text.components(separatedBy: "/tasks/exit").count - 1 == 25 }, "\(exits.out.text)")
+            try await d.killAndDelete("t")
+        }
+    }
+
     @Test("an exec's exit carries its exec ID; a duplicate exec ID and an exec into a stopped task are clear errors")
     func execIdentity() async throws {
         try await withDaemon { d in

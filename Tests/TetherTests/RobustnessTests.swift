@@ -26,6 +26,29 @@ struct RobustnessTests {
         }
     }
 
+    @Test("a task whose state directory was removed while it ran: the next tetherd stops its shim and container and lists it stopped, with why")
+    func stateDirectoryRemoved() async throws {
+        try await withDaemon { d in
+            #expect(try await d.tether("run", "-d", "o1", "--", "sleep", "1000").status == 0)
+            #expect(try await d.tether("run", "-d", "o2", "--", "sleep", "1000").status == 0)
+            let shim = try #require(d.shimPid("o1"))
+            try await d.stop()
+            // As an operator's rm -rf would, once the rootfs mount let it.
+            Mounts.unmountTree(under: d.bundle("o1"))
+            try Files.removeTree(d.bundle("o1"))
+            try await d.start()
+            #expect(d.logText.contains("runs without its state directory; stopping it"), "\(d.logText)")
+            #expect(await eventually(10) { procStat(shim, field: 3).map { $0 == "Z" } ?? true }, "shim \(shim) still runs")
+            #expect(!d.containers().contains("default/o1"), "\(d.containers())")
+            let st = try await d.tether("state", "o1")
+            #expect(st.out.contains("\"stopped\"") && st.out.contains("was removed while it ran"), "\(st)")
+            #expect(try await d.tether("rm", "o1").status == 0)
+            // The task next to it is untouched.
+            #expect(try await d.tether("state", "o2").out.contains("\"running\""))
+            try await d.killAndDelete("o2")
+        }
+    }
+
     @Test("a regular file where exits.fifo belongs is replaced with a FIFO at start; exits arrive")
     func exitFifoNotAFifo() async throws {
         try await withDaemon { d in
