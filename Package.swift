@@ -53,6 +53,10 @@ let package = Package(
         // only: the shim links it too.
         .target(name: "TetherOCI", dependencies: ["TetherRuntime"]),
 
+        // libseccomp, from Debian's libseccomp-dev: seccomp profiles are checked with it.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .target(name: "TetherSeccomp", dependencies: ["CSeccomp", "TetherOCI", "TetherRuntime"]),
+
         // The shim: everything that runs inside tether-shim. No Foundation.
         .target(
             name: "TetherShim",
@@ -65,7 +69,7 @@ let package = Package(
         .target(
             name: "TetherManager",
             dependencies: [
-                "TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI",
+                "TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI", "TetherSeccomp",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -79,7 +83,7 @@ let package = Package(
         .target(
             name: "TetherServer",
             dependencies: [
-                "TetherManager", "TetherAPI", "TetherOCI",
+                "TetherManager", "TetherAPI", "TetherOCI", "TetherSeccomp",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -99,14 +103,14 @@ let package = Package(
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherClient", "TetherAPI", "TetherOCI", "TetherSys", "CTether", "TTRPC", "TetherProto",
+                "TetherClient", "TetherAPI", "TetherOCI", "TetherSys", "CTether", "TTRPC", "TetherProto", "TetherSeccomp",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 
         .testTarget(
             name: "TetherTests",
-            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherOCI", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient",
+            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherOCI", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient", "TetherSeccomp",
                            .product(name: "Logging", package: "swift-log")]
         ),
     ],

@@ -33,6 +33,12 @@ public struct CreateTaskRequest: Codable, Sendable {
     public var resources: ResourcesRequest?
     /// Restore the task from this checkpoint directory (at start).
     public var checkpoint: String?
+    /// The seccomp filter of a generated spec: absent or "default" for
+    /// Tether's default, "unconfined" for none, or a profile (Docker's
+    /// format or the OCI form). Not for bundles or specs, whose own is used.
+    public var seccomp: JSONValue?
+    /// Capabilities, privileged, read-only rootfs, user: for generated specs.
+    public var security: Confinement?
 
     public init(id: String, args: [String]? = nil, env: [String]? = nil, cwd: String? = nil, rootfs: String? = nil,
                 bundle: String? = nil, spec: JSONValue? = nil, io: IOView? = nil, fifos: FifoRequest? = nil, log: LogRequest? = nil) {
@@ -164,9 +170,12 @@ public struct TaskView: Codable, Sendable {
     /// The task's bundle and state directory (its shim's socket is shim.sock there).
     public var bundle: String?
     public var shimPid: Int32?
+    /// What confines the task, from its spec.
+    public var security: SecurityView?
 
     public init(namespace: String, id: String, pid: UInt32, status: Status, exit: ExitView?, exitReason: String?, io: IOView, runtime: String,
-                bundle: String? = nil, shimPid: Int32? = nil) {
+                bundle: String? = nil, shimPid: Int32? = nil, security: SecurityView? = nil) {
+        self.security = security
         self.namespace = namespace
         self.id = id
         self.pid = pid
@@ -307,4 +316,35 @@ public enum APIJSON {
         d.dateDecodingStrategy = .rfc3339
         return d
     }()
+}
+
+/// A task's confinement as its spec says it: `tether state` shows it.
+public struct SecurityView: Codable, Sendable, Equatable {
+    public var capabilities: [String]
+    /// Absent: no syscall filter at all.
+    public var seccomp: SeccompView?
+    public var noNewPrivileges: Bool
+    public var readOnlyRootfs: Bool
+    public var user: String
+    public var maskedPaths: Int
+
+    public struct SeccompView: Codable, Sendable, Equatable {
+        public var defaultAction: String
+        public var rules: Int
+        public var syscalls: Int
+        public var listenerPath: String?
+    }
+
+    public init?(spec: Data) {
+        guard let s = try? JSONDecoder().decode(OCI.Spec.self, from: spec) else { return nil }
+        capabilities = s.process?.capabilities?.bounding ?? []
+        seccomp = s.linux?.seccomp.map {
+            SeccompView(defaultAction: $0.defaultAction, rules: $0.syscalls?.count ?? 0,
+                        syscalls: ($0.syscalls ?? []).reduce(0) { $0 + $1.names.count }, listenerPath: $0.listenerPath)
+        }
+        noNewPrivileges = s.process?.noNewPrivileges ?? false
+        readOnlyRootfs = s.root?.readonly ?? false
+        user = "\(s.process?.user.uid ?? 0):\(s.process?.user.gid ?? 0)"
+        maskedPaths = s.linux?.maskedPaths?.count ?? 0
+    }
 }

@@ -26,31 +26,33 @@ public enum SpecBuilder {
 
     public static let defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-    public static let defaultCapabilities = [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-    ]
+    public static let defaultCapabilities = OCI.Capabilities.containerdDefault
 
     /// A spec for `process` in namespace/id with the rootfs at `rootfs`
     /// (relative to the bundle, as runc resolves it).
     /// `cgroupParent` is the cgroup the task's own goes under (Layout.cgroupParent).
     /// `resources` must have passed `validate()`.
+    /// `capabilities` replace the default set; `privileged` drops the masked
+    /// and read-only paths and allows every device (Confinement says what
+    /// else it means); `readOnly` makes the root filesystem read-only.
     public static func spec(namespace: String, id: String, process p: Process, rootfs: String = "rootfs",
-                            cgroupParent: String = "/tether", resources: ResourceLimits = ResourceLimits()) -> OCI.Spec {
+                            cgroupParent: String = "/tether", resources: ResourceLimits = ResourceLimits(),
+                            capabilities: [String] = defaultCapabilities, privileged: Bool = false, readOnly: Bool = false) -> OCI.Spec {
         var env = [defaultPath]
         if p.terminal { env.append("TERM=xterm") }
         env = merge(env, p.env)
         var process = OCI.Process(terminal: p.terminal, user: OCI.User(uid: p.uid, gid: p.gid), args: p.args, env: env, cwd: p.cwd,
-                                  capabilities: OCI.Capabilities(defaultCapabilities),
+                                  capabilities: OCI.Capabilities(capabilities),
                                   rlimits: [OCI.Rlimit(type: "RLIMIT_NOFILE", hard: 1024, soft: 1024)],
                                   noNewPrivileges: true)
         process.terminal = p.terminal
         var limits = resources.linuxResources
-        limits.devices = [OCI.LinuxResources.DeviceRule(allow: false, access: "rwm")]
-        return OCI.Spec(
+        limits.devices = [OCI.LinuxResources.DeviceRule(allow: privileged, access: "rwm")]
+        let sysfs = privileged ? ["nosuid", "noexec", "nodev"] : ["nosuid", "noexec", "nodev", "ro"]
+        let cgroupfs = privileged ? ["nosuid", "noexec", "nodev", "relatime"] : ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        var spec = OCI.Spec(
             process: process,
-            root: OCI.Root(path: rootfs, readonly: false),
+            root: OCI.Root(path: rootfs, readonly: readOnly),
             hostname: String(id.prefix(63)),
             mounts: [
                 mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
@@ -58,8 +60,8 @@ public enum SpecBuilder {
                 mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
                 mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
                 mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
-                mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
-                mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+                mount("/sys", "sysfs", "sysfs", sysfs),
+                mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroupfs),
             ],
             linux: OCI.Linux(
                 namespaces: ["pid", "ipc", "uts", "mount", "network"].map { OCI.Namespace(type: $0) },
@@ -71,6 +73,11 @@ public enum SpecBuilder {
                     "/sys/firmware", "/sys/devices/virtual/powercap",
                 ],
                 readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]))
+        if privileged {
+            spec.linux?.maskedPaths = nil
+            spec.linux?.readonlyPaths = nil
+        }
+        return spec
     }
 
     public static func specJSON(namespace: String, id: String, process: Process, rootfs: String = "rootfs",

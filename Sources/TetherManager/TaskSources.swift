@@ -1,6 +1,7 @@
 import Foundation
 import TetherOCI
 import TetherRuntime
+import TetherSeccomp
 import TetherSys
 
 /// Where a new task's root filesystem comes from, and how that becomes the
@@ -22,7 +23,8 @@ extension ShimRuntime {
     /// files: call it off the threads that serve requests.
     public func createOptions(namespace: String, id: String, source: RootfsSource,
                               process: SpecBuilder.Process?, io: IO,
-                              resources: ResourceLimits = .init()) throws(RuntimeError) -> CreateOpts {
+                              resources: ResourceLimits = .init(), seccomp: SeccompChoice = .default,
+                              confinement: Confinement = .init()) throws(RuntimeError) -> CreateOpts {
         try resources.validate()
         switch source {
         case .embedded:
@@ -31,14 +33,14 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "the embedded default rootfs is missing at \(lower): build it with scripts/make-rootfs \(lower) (scripts/setup does), or pass --rootfs DIR")
             }
             let scratch = layout.scratch(namespace, id)
-            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources), rootfs: [
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources, seccomp: seccomp, confinement: confinement), rootfs: [
                 Mount(type: "overlay", source: "overlay",
                       options: ["lowerdir=\(lower)", "upperdir=\(scratch)/upper", "workdir=\(scratch)/work"]),
             ], io: io)
         case .directory(let dir):
             guard dir.hasPrefix("/") else { throw RuntimeError(.invalidArgument, "rootfs \(dir) is not an absolute path") }
             let real = try layout.checkRootfs(dir, what: "rootfs \(dir)")
-            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources),
+            return CreateOpts(spec: try spec(namespace, id, process, terminal: io.terminal, resources: resources, seccomp: seccomp, confinement: confinement),
                               rootfs: [Mount(type: "bind", source: real, options: ["rbind", "rw"])], io: io)
         case .bundle(let dir):
             let config = "\(dir)/config.json"
@@ -50,6 +52,8 @@ extension ShimRuntime {
                 throw RuntimeError(.invalidArgument, "bundle \(dir): cannot read config.json: \(error)")
             }
             var checked = try SpecCheck.check(bytes, source: config)
+            // A bundle's own filter is used as it is, once libseccomp has checked it.
+            if let s = checked.spec.linux?.seccomp { try SeccompCheck.check(s, source: "\(config) (linux.seccomp)") }
             let path = checked.spec.root?.path ?? "rootfs"
             // A relative root.path is the bundle's; the shim's bundle is elsewhere.
             checked.setRootPath(path.hasPrefix("/") ? path : "\(dir)/\(path)")
@@ -58,13 +62,32 @@ extension ShimRuntime {
     }
 
     private func spec(_ namespace: String, _ id: String, _ process: SpecBuilder.Process?, terminal: Bool,
-                      resources: ResourceLimits) throws(RuntimeError) -> Data {
+                      resources: ResourceLimits, seccomp: SeccompChoice, confinement: Confinement) throws(RuntimeError) -> Data {
         guard var process, !process.args.isEmpty else {
             throw RuntimeError(.invalidArgument, "no command given: name one after --, as in: tether run ID -- sh -c 'echo hi'")
         }
         process.terminal = terminal
-        return SpecBuilder.specJSON(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent, resources: resources)
+        if let (uid, gid) = try confinement.ids() {
+            process.uid = uid
+            process.gid = gid
+        }
+        let privileged = confinement.privileged == true
+        let caps = try confinement.capabilities(available: Self.boundingSet)
+        var spec = SpecBuilder.spec(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent, resources: resources,
+                                    capabilities: caps, privileged: privileged, readOnly: confinement.readOnly == true)
+        // Privileged means no filter, unless a profile is asked for (as in Docker).
+        spec.linux?.seccomp = try (privileged && seccomp == .default ? .unconfined : seccomp).section(capabilities: Set(caps))
+        return Data(SpecCheck.encode(spec))
     }
+}
+
+extension ShimRuntime {
+    /// tetherd's own capability bounding set: what a container can be given at most.
+    static let boundingSet: Set<String>? = {
+        guard let status = try? Files.readString("/proc/self/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapBnd:") }) else { return nil }
+        return Confinement.fromMask(String(line.dropFirst("CapBnd:".count)))
+    }()
 }
 
 extension Layout {

@@ -76,6 +76,13 @@ extension OCI {
     }
 
     public struct Capabilities: Codable, Sendable, Equatable {
+        /// containerd's default set, which Tether gives every task it makes a spec for.
+        public static let containerdDefault = [
+            "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+            "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+        ]
+
         public var bounding: [String]?
         public var effective: [String]?
         public var inheritable: [String]?
@@ -124,6 +131,7 @@ extension OCI {
         public var readonlyPaths: [String]?
         public var rootfsPropagation: String?
         public var sysctl: [String: String]?
+        public var seccomp: Seccomp?
 
         public init(namespaces: [Namespace]? = nil, cgroupsPath: String? = nil, resources: LinuxResources? = nil,
                     maskedPaths: [String]? = nil, readonlyPaths: [String]? = nil) {

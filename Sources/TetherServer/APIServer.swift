@@ -8,6 +8,7 @@ import TetherAPI
 import TetherManager
 import TetherOCI
 import TetherRuntime
+import TetherSeccomp
 
 /// A request's context: Hummingbird's basic one plus the connection, which
 /// an event stream closes when its client stops reading.
@@ -164,14 +165,24 @@ public struct APIServer: Sendable {
             ?? body.io?.io ?? IO()
         var opts: CreateOpts
         if let spec = body.spec {
-            opts = CreateOpts(spec: Data(SpecCheck.encode(spec)), io: io)
+            let bytes = Data(SpecCheck.encode(spec))
+            if let s = (try? JSONDecoder().decode(OCI.Spec.self, from: bytes))?.linux?.seccomp {
+                try SeccompCheck.check(s, source: "the request's spec (linux.seccomp)")
+            }
+            opts = CreateOpts(spec: bytes, io: io)
         } else {
             let source: RootfsSource = if let b = body.bundle { .bundle(b) } else if let r = body.rootfs { .directory(r) } else { .embedded }
             let process = body.args.map { SpecBuilder.Process(args: $0, env: body.env ?? [], cwd: body.cwd ?? "/") }
             let limits = body.resources ?? ResourceLimits()
+            let seccomp = try seccompChoice(body.seccomp)
+            let confinement = body.security ?? Confinement()
+            if body.bundle != nil && (seccomp != .default || !confinement.isDefault) {
+                throw RuntimeError(.invalidArgument, "seccomp and security are for generated specs: a bundle's config.json brings its own")
+            }
             // A bundle's files are read off the threads that serve requests.
             opts = try await runtime.onDisk {
-                try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io, resources: limits)
+                try runtime.createOptions(namespace: namespace, id: body.id, source: source, process: process, io: io, resources: limits,
+                                          seccomp: seccomp, confinement: confinement)
             }
         }
         if let checkpoint = body.checkpoint { opts.checkpoint = checkpoint }
@@ -182,6 +193,23 @@ public struct APIServer: Sendable {
         }
         let t = try await runtime.create(namespace: namespace, id: body.id, opts)
         return json(try await taskView(t), status: .created)
+    }
+
+    /// The request's `seccomp`: "default" (or none), "unconfined", or a profile.
+    private func seccompChoice(_ v: JSONValue?) throws -> SeccompChoice {
+        switch v {
+        case nil, .string("default"): return .default
+        case .string("unconfined"): return .unconfined
+        case .object:
+            do {
+                let p = try APIJSON.decoder.decode(SeccompProfile.self, from: try APIJSON.encoder.encode(v))
+                return .profile(p, source: "(from the request)")
+            } catch {
+                throw RuntimeError(.invalidArgument, "seccomp profile (from the request) is not a profile: \(describeDecodingError(error))")
+            }
+        default:
+            throw RuntimeError(.invalidArgument, "seccomp must be \"default\", \"unconfined\" or a profile object")
+        }
     }
 
     private func view(_ t: any RuntimeTask) async throws -> Response { json(try await taskView(t)) }
@@ -228,7 +256,7 @@ public struct APIServer: Sendable {
         let shim = t as? ShimTask
         return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit.map(ExitView.init),
                         exitReason: shim?.exitReason, io: IOView(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
-                        runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid)
+                        runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid, security: SecurityView(spec: t.info.spec))
     }
 
     private func task(_ c: APIContext) async throws -> any RuntimeTask {

@@ -41,6 +41,17 @@ struct TaskOptions: ParsableArguments {
 
     @OptionGroup var resources: ResourceOptions
 
+    @Option(help: "Add a capability (SYS_ADMIN, CAP_NET_ADMIN, ALL); repeatable.") var capAdd: [String] = []
+    @Option(help: "Drop a capability (or ALL); repeatable.") var capDrop: [String] = []
+    @Flag(help: "Every capability, no seccomp filter, no masked kernel paths, every device allowed: the container is as strong as root on the host.")
+    var privileged = false
+    @Flag(help: "Mount the container's root filesystem read-only.") var readOnly = false
+    @Option(name: [.short, .long], help: "Run as UID or UID:GID (numbers).") var user: String?
+
+    @Option(name: .customLong("security-opt"),
+            help: "seccomp=unconfined (no syscall filter), or seccomp=FILE (a profile in Docker's format or the OCI form); repeatable. The default is Tether's profile, as strict as Docker's ('tether seccomp default').")
+    var securityOpt: [String] = []
+
     @Option(help: "Also write stdout and stderr to this file, one CRI log record per line.")
     var log: String?
 
@@ -60,8 +71,43 @@ struct TaskOptions: ParsableArguments {
         var r = CreateTaskRequest(id: id, args: command.isEmpty ? nil : command, env: env.isEmpty ? nil : env, cwd: cwd,
                                   rootfs: rootfs.map(absolute), bundle: bundle.map(absolute), fifos: fifos, log: logRequest)
         r.resources = try resources.request()
+        r.seccomp = try seccompRequest()
+        let security = Confinement(capAdd: capAdd, capDrop: capDrop, privileged: privileged, readOnly: readOnly, user: user)
+        if !security.isDefault || user != nil {
+            if bundle != nil { throw UsageError("--cap-add, --cap-drop, --privileged, --read-only and --user are for generated specs: a bundle's config.json says its own") }
+            _ = try security.capabilities()
+            _ = try security.ids()
+            r.security = security
+        }
         return r
     }
+
+    /// --security-opt seccomp=…: the profile file is read and checked here,
+    /// so a mistake in it is one line naming the file.
+    private func seccompRequest() throws -> JSONValue? {
+        var choice: JSONValue?
+        for opt in securityOpt {
+            let (key, value) = opt.split(separator: "=", maxSplits: 1).map(String.init).pair
+            switch key {
+            case "seccomp" where value == "unconfined":
+                choice = .string("unconfined")
+            case "seccomp" where !value.isEmpty:
+                if bundle != nil { throw UsageError("--security-opt seccomp= is for generated specs: a bundle's config.json brings its own") }
+                let profile = try SeccompFile.load(value)
+                _ = try SeccompFile.check(profile, source: value)
+                choice = try APIJSON.decoder.decode(JSONValue.self, from: try APIJSON.encoder.encode(profile))
+            case "no-new-privileges" where value.isEmpty || value == "true":
+                continue  // always on
+            default:
+                throw UsageError("unknown --security-opt \(opt): use seccomp=unconfined or seccomp=FILE")
+            }
+        }
+        return choice
+    }
+}
+
+private extension Array where Element == String {
+    var pair: (String, String) { (first ?? "", count > 1 ? self[1] : "") }
 }
 
 /// --memory, --cpus, --pids-limit: for run, create and update.

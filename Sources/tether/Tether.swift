@@ -18,7 +18,7 @@ struct Tether: ParsableCommand {
         abstract: "Run and manage tasks through tetherd (each task under its own tether-shim).",
         version: TetherVersion.string,
         subcommands: [Run.self, Create.self, Start.self, Exec.self, Attach.self, List.self, StateCommand.self, Kill.self, Wait.self, Delete.self,
-                      Pause.self, Resume.self, Pids.self, Update.self, Checkpoint.self, Stats.self, Events.self, Debug.self, Version.self])
+                      Pause.self, Resume.self, Pids.self, Update.self, Checkpoint.self, Stats.self, Events.self, SeccompCommand.self, Debug.self, Version.self])
 
     /// Global options may come before the verb, as with ctr and podman
     /// (`tether -n ns ls`): they are moved after it for the parser.
