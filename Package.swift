@@ -60,7 +60,7 @@ let package = Package(
         // The shim: everything that runs inside tether-shim. No Foundation.
         .target(
             name: "TetherShim",
-            dependencies: ["TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI"]
+            dependencies: ["TetherSys", "TetherProto", "TTRPC", "TetherRuntime", "TetherOCI", "TetherSeccomp"]
         ),
         .executableTarget(name: "tether-shim", dependencies: ["TetherShim"]),
         .executableTarget(name: "containerd-shim-tether-v1", dependencies: ["TetherShim"]),

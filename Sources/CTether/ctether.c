@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <linux/openat2.h>
+#include <linux/seccomp.h>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -384,6 +385,46 @@ ssize_t tether_recv_fd(int sock, void *buf, size_t len, int *fd) {
         }
     }
     return n;
+}
+
+// ---------------------------------------------------------------------------
+// Seccomp user notifications.
+// ---------------------------------------------------------------------------
+
+int tether_seccomp_recv(int fd, uint64_t *id, uint32_t *pid, int32_t *nr, uint32_t *arch) {
+    // The kernel's struct may be larger than our header's: ask, and give it room.
+    static size_t size;
+    if (size == 0) {
+        struct seccomp_notif_sizes sizes;
+        if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) return -errno;
+        size = sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif : sizeof(struct seccomp_notif);
+    }
+    char buf[512];
+    if (size > sizeof buf) return -EOVERFLOW;
+    memset(buf, 0, size);  // the kernel requires a zeroed buffer
+    struct seccomp_notif *n = (struct seccomp_notif *)buf;
+    for (;;) {
+        if (ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, n) == 0) break;
+        if (errno != EINTR) return -errno;
+    }
+    *id = n->id;
+    *pid = n->pid;
+    *nr = n->data.nr;
+    *arch = n->data.arch;
+    return 0;
+}
+
+int tether_seccomp_respond(int fd, uint64_t id, int32_t error, int cont) {
+    struct seccomp_notif_resp r;
+    memset(&r, 0, sizeof r);
+    r.id = id;
+    r.error = cont ? 0 : error;
+    r.val = 0;
+    r.flags = cont ? SECCOMP_USER_NOTIF_FLAG_CONTINUE : 0;
+    for (;;) {
+        if (ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &r) == 0) return 0;
+        if (errno != EINTR) return -errno;
+    }
 }
 
 // ---------------------------------------------------------------------------

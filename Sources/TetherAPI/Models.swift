@@ -348,3 +348,18 @@ public struct SecurityView: Codable, Sendable, Equatable {
         maskedPaths = s.linux?.maskedPaths?.count ?? 0
     }
 }
+
+/// GET .../tasks/ID/seccomp: what the task's seccomp agent saw (the shim's
+/// BUNDLE/seccomp.json): each syscall outside the profile, how often, the
+/// first pid that made it and that pid's exec ID ("" for the init's).
+public struct SeccompReport: Codable, Sendable, Equatable {
+    public var mode: String
+    public var syscalls: [Entry]
+
+    public struct Entry: Codable, Sendable, Equatable {
+        public var name: String
+        public var count: UInt64
+        public var firstPid: Int32
+        public var execID: String
+    }
+}

@@ -76,6 +76,14 @@ public struct APIClient: Sendable {
     public func pids(_ id: String) throws -> [ProcessEntry] { try call("GET", "\(try taskPath(id))/pids", bound: .question) }
     public func stats(_ id: String) throws -> TaskStats { try call("GET", "\(try taskPath(id))/stats", bound: .question) }
 
+    /// The task's seccomp agent report, or (`profile`) the profile it learned, as JSON.
+    public func seccomp(_ id: String, profile: Bool) throws -> Data {
+        let path = "\(try taskPath(id))/seccomp" + (profile ? "?profile=true" : "")
+        let r = try http.send("GET", path, body: nil, within: limit(.question))
+        guard (200..<300).contains(r.status) else { throw Self.error(r) }
+        return r.body
+    }
+
     /// `resources` is OCI LinuxResources JSON.
     public func update(_ id: String, resources: Data) throws {
         let r = try http.send("POST", "\(try taskPath(id))/update", body: resources, within: limit(.change))

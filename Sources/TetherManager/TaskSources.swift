@@ -77,6 +77,15 @@ extension ShimRuntime {
                                     capabilities: caps, privileged: privileged, readOnly: confinement.readOnly == true)
         // Privileged means no filter, unless a profile is asked for (as in Docker).
         spec.linux?.seccomp = try (privileged && seccomp == .default ? .unconfined : seccomp).section(capabilities: Set(caps))
+        if let mode = confinement.seccompAgent {
+            guard mode == "audit" || mode == "learn" else {
+                throw RuntimeError(.invalidArgument, "seccomp agent mode \(mode): use audit or learn")
+            }
+            guard let s = spec.linux?.seccomp else {
+                throw RuntimeError(.invalidArgument, "seccomp-\(mode) needs a seccomp profile, and this task has none (unconfined or privileged)")
+            }
+            spec.linux?.seccomp = SeccompCheck.notifying(s, listenerPath: "\(layout.bundle(namespace, id))/seccomp.sock", metadata: "tether:\(mode)")
+        }
         return Data(SpecCheck.encode(spec))
     }
 }

@@ -19,6 +19,10 @@ public struct Confinement: Codable, Sendable, Equatable {
     public var readOnly: Bool?
     /// "UID" or "UID:GID", numeric.
     public var user: String?
+    /// "audit" or "learn": the syscalls outside the profile go to the
+    /// shim's seccomp agent, which refuses (audit) or allows (learn) each
+    /// and records it.
+    public var seccompAgent: String?
 
     public init(capAdd: [String]? = nil, capDrop: [String]? = nil, privileged: Bool? = nil, readOnly: Bool? = nil, user: String? = nil) {
         self.capAdd = capAdd

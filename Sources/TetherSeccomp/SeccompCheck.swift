@@ -34,9 +34,10 @@ public enum SeccompCheck {
         seccomp_syscall_resolve_name_arch(token, name) != -1  // __NR_SCMP_ERROR
     }
 
-    /// The syscall's name on the host's own architecture, for a number the kernel reported.
-    public static func name(ofSyscall number: Int32) -> String? {
-        guard let p = seccomp_syscall_resolve_num_arch(seccomp_arch_native(), number) else { return nil }
+    /// The syscall's name for a number and architecture (an AUDIT_ARCH
+    /// value, which is libseccomp's token) the kernel reported.
+    public static func name(ofSyscall number: Int32, arch: UInt32 = seccomp_arch_native()) -> String? {
+        guard let p = seccomp_syscall_resolve_num_arch(arch, number) else { return nil }
         defer { free(p) }
         return String(cString: p)
     }
@@ -104,6 +105,28 @@ public enum SeccompCheck {
         if notifies && (s.listenerPath ?? "").isEmpty {
             throw bad("SCMP_ACT_NOTIFY rules need a listenerPath to send notifications to")
         }
+    }
+
+    /// `s` with every syscall it neither allows nor refuses by a rule of
+    /// its own sent to the agent at `listenerPath` (SCMP_ACT_NOTIFY), named
+    /// from libseccomp's table for this architecture. The default action
+    /// stays (runc refuses NOTIFY there), and so do calls with rules of
+    /// their own (clone, clone3, socket, personality: their other
+    /// arguments get the default action, unreported). `write` is never
+    /// notified (runc refuses it: the agent could not be told).
+    public static func notifying(_ s: OCI.Seccomp, listenerPath: String, metadata: String) -> OCI.Seccomp {
+        let covered = Set((s.syscalls ?? []).flatMap(\.names))
+        let native = seccomp_arch_native()
+        var names: Set<String> = []
+        for nr in 0..<1024 {
+            guard let n = name(ofSyscall: Int32(nr), arch: native), !covered.contains(n), n != "write" else { continue }
+            names.insert(n)
+        }
+        var out = s
+        out.syscalls = (s.syscalls ?? []) + [OCI.Seccomp.Syscall(names: names.sorted(), action: "SCMP_ACT_NOTIFY")]
+        out.listenerPath = listenerPath
+        out.listenerMetadata = metadata
+        return out
     }
 
     public static var version: String {

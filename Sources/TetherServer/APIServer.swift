@@ -9,6 +9,7 @@ import TetherManager
 import TetherOCI
 import TetherRuntime
 import TetherSeccomp
+import TetherSys
 
 /// A request's context: Hummingbird's basic one plus the connection, which
 /// an event stream closes when its client stops reading.
@@ -73,6 +74,7 @@ public struct APIServer: Sendable {
             try await handle { json(try await shimTask(c).processes().map { ProcessEntry(pid: $0.pid, execID: $0.execID) }) }
         }
         tasks.get(":id/stats") { _, c in try await handle { json(try await shimTask(c).stats()) } }
+        tasks.get(":id/seccomp") { req, c in try await handle { try await seccompReport(c, profile: req.uri.queryParameters.get("profile") == "true") } }
         tasks.post(":id/update") { req, c in
             try await handle {
                 let body = try await collect(req)
@@ -210,6 +212,24 @@ public struct APIServer: Sendable {
         default:
             throw RuntimeError(.invalidArgument, "seccomp must be \"default\", \"unconfined\" or a profile object")
         }
+    }
+
+    /// The task's seccomp agent report, or with `profile` the profile it
+    /// learned: Tether's default plus every syscall the task made.
+    private func seccompReport(_ c: APIContext, profile: Bool) async throws -> Response {
+        let t = try await shimTask(c)
+        let path = "\(t.bundle)/seccomp.json"
+        let report: SeccompReport
+        do {
+            report = try await runtime.onDisk { try APIJSON.decoder.decode(SeccompReport.self, from: Data(try Files.readRegular(path, limit: 1 << 20))) }
+        } catch {
+            throw RuntimeError(.notFound, "task \"\(t.id)\" has no seccomp agent report: create it with --security-opt seccomp-audit or seccomp-learn")
+        }
+        guard profile else { return json(report) }
+        var p = SeccompDefault.profile
+        let used = report.syscalls.map(\.name).filter { !$0.hasPrefix("syscall ") }
+        if !used.isEmpty { p.syscalls?.append(.init(names: used.sorted(), action: "SCMP_ACT_ALLOW")) }
+        return json(p)
     }
 
     private func view(_ t: any RuntimeTask) async throws -> Response { json(try await taskView(t)) }

@@ -49,6 +49,8 @@ final class Container: @unchecked Sendable {
     private var restore: PendingRestore?
     /// The task's CRI log, when asked for: its init's output is written to it.
     private var log: LogWriter?
+    /// The seccomp agent of a task created with seccomp-audit or seccomp-learn.
+    private(set) var seccompAgent: SeccompAgent?
     /// The task's delete, once begun: a second Delete (a restarted
     /// manager's) waits for it, and one after it gets the same exit.
     private var deletion: Task<ShimProcess.ExitInfo, any Error>?
@@ -111,6 +113,9 @@ final class Container: @unchecked Sendable {
                 _ = try RootfsMounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
             }
             let files = try ProcessStdio.openPaths(process.io, log: log)
+            if let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(try Files.readRegular("\(bundle)/config.json"))) {
+                seccompAgent = try SeccompAgent.start(spec: spec, bundle: bundle, loop: loop) { [weak self] pid in self?.execID(of: pid) ?? "" }
+            }
             if !r.checkpoint.isEmpty {
                 // Restored at Start, as containerd does: nothing runs until then.
                 guard Files.isDirectory(r.checkpoint) else {
@@ -149,6 +154,8 @@ final class Container: @unchecked Sendable {
             if mounted { RootfsMounts.unmountAll(under: "\(bundle)/rootfs") }
             mounted = false
             log = nil
+            seccompAgent?.stop()
+            seccompAgent = nil
             phase = .empty
             if let e = error as? RPCError { throw e }
             throw RPCError(.failedPrecondition, "\(error)")
@@ -379,6 +386,7 @@ final class Container: @unchecked Sendable {
             try? p.markDeleted()
         }
         phase = .deleted
+        seccompAgent?.stop()
         if mounted { RootfsMounts.unmountAll(under: "\(bundle)/rootfs") }
         mounted = false
         unlink(options.initPidFile)

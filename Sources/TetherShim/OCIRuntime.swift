@@ -121,7 +121,9 @@ struct OCIRuntime: Sendable {
             throw RPCError(.deadlineExceeded, "\(Files.basename(binary)) \(args[0]) \(args.last ?? "") did not finish within \(limit / 1_000_000_000) s and was killed")
         }
         guard code == 0 else {
-            let why = lastError(after: logOffset) ?? "exit status \(code), and no error in \(logPath)\(Self.fullDisk(logPath))"
+            var why = lastError(after: logOffset) ?? "exit status \(code), and no error in \(logPath)\(Self.fullDisk(logPath))"
+            // runc sometimes loses the errno of a failed write ("unable to store init state: %!w(<nil>)"): say what it meant.
+            if !why.contains("No space left on device") { why += Self.fullDisk("\(root)/state.json") }
             throw RPCError(.unknown, "\(Files.basename(binary)) \(args[0]) failed: \(why)")
         }
     }
@@ -145,8 +147,11 @@ struct OCIRuntime: Sendable {
     /// write its log cannot say so itself.
     static func fullDisk(_ path: String) -> String {
         var s = statvfs()
-        guard statvfs(Files.dirname(path), &s) == 0, s.f_bavail < 4 || s.f_favail == 0 else { return "" }
-        return "; the filesystem holding \(Files.dirname(path)) is full (No space left on device)"
+        guard statvfs(Files.dirname(path), &s) == 0 else { return "" }
+        if s.f_favail == 0 { return "; the filesystem holding \(Files.dirname(path)) has no inodes left (No space left on device)" }
+        let free = UInt64(s.f_bavail) * UInt64(s.f_bsize)
+        guard free < 64 << 10 else { return "" }
+        return "; the filesystem holding \(Files.dirname(path)) is full, \(free) bytes left (No space left on device)"
     }
 
     static func size(of path: String) -> Int {

@@ -10,6 +10,13 @@ public enum Proc {
         return fields.count > 19 ? UInt64(fields[19]) : nil
     }
 
+    /// The parent's pid (field 4 of /proc/PID/stat).
+    public static func parent(_ pid: Int32) -> Int32? {
+        guard let s = try? Files.readString("/proc/\(pid)/stat"), let close = s.lastIndex(of: ")") else { return nil }
+        let fields = s[s.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
+    }
+
     /// The command line's arguments.
     public static func arguments(_ pid: Int32) -> [String]? {
         guard let raw = try? Files.read("/proc/\(pid)/cmdline"), !raw.isEmpty else { return nil }

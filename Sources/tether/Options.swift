@@ -49,7 +49,7 @@ struct TaskOptions: ParsableArguments {
     @Option(name: [.short, .long], help: "Run as UID or UID:GID (numbers).") var user: String?
 
     @Option(name: .customLong("security-opt"),
-            help: "seccomp=unconfined (no syscall filter), or seccomp=FILE (a profile in Docker's format or the OCI form); repeatable. The default is Tether's profile, as strict as Docker's ('tether seccomp default').")
+            help: "seccomp=unconfined (no syscall filter), seccomp=FILE (a profile in Docker's format or the OCI form), seccomp-audit (refuse and record what the profile does not allow) or seccomp-learn (allow and record it); repeatable. The default is Tether's profile, as strict as Docker's ('tether seccomp default').")
     var securityOpt: [String] = []
 
     @Option(help: "Also write stdout and stderr to this file, one CRI log record per line.")
@@ -71,9 +71,11 @@ struct TaskOptions: ParsableArguments {
         var r = CreateTaskRequest(id: id, args: command.isEmpty ? nil : command, env: env.isEmpty ? nil : env, cwd: cwd,
                                   rootfs: rootfs.map(absolute), bundle: bundle.map(absolute), fifos: fifos, log: logRequest)
         r.resources = try resources.request()
-        r.seccomp = try seccompRequest()
-        let security = Confinement(capAdd: capAdd, capDrop: capDrop, privileged: privileged, readOnly: readOnly, user: user)
-        if !security.isDefault || user != nil {
+        let agent: String?
+        (r.seccomp, agent) = try seccompRequest()
+        var security = Confinement(capAdd: capAdd, capDrop: capDrop, privileged: privileged, readOnly: readOnly, user: user)
+        security.seccompAgent = agent
+        if !security.isDefault || user != nil || agent != nil {
             if bundle != nil { throw UsageError("--cap-add, --cap-drop, --privileged, --read-only and --user are for generated specs: a bundle's config.json says its own") }
             _ = try security.capabilities()
             _ = try security.ids()
@@ -84,8 +86,9 @@ struct TaskOptions: ParsableArguments {
 
     /// --security-opt seccomp=…: the profile file is read and checked here,
     /// so a mistake in it is one line naming the file.
-    private func seccompRequest() throws -> JSONValue? {
+    private func seccompRequest() throws -> (JSONValue?, String?) {
         var choice: JSONValue?
+        var seccompAgent: String?
         for opt in securityOpt {
             let (key, value) = opt.split(separator: "=", maxSplits: 1).map(String.init).pair
             switch key {
@@ -96,13 +99,15 @@ struct TaskOptions: ParsableArguments {
                 let profile = try SeccompFile.load(value)
                 _ = try SeccompFile.check(profile, source: value)
                 choice = try APIJSON.decoder.decode(JSONValue.self, from: try APIJSON.encoder.encode(profile))
+            case "seccomp-audit" where value.isEmpty, "seccomp-learn" where value.isEmpty:
+                seccompAgent = String(key.dropFirst("seccomp-".count))
             case "no-new-privileges" where value.isEmpty || value == "true":
                 continue  // always on
             default:
-                throw UsageError("unknown --security-opt \(opt): use seccomp=unconfined or seccomp=FILE")
+                throw UsageError("unknown --security-opt \(opt): use seccomp=unconfined, seccomp=FILE, seccomp-audit or seccomp-learn")
             }
         }
-        return choice
+        return (choice, seccompAgent)
     }
 }
 

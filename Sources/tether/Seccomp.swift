@@ -14,7 +14,31 @@ struct SeccompCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "seccomp",
         abstract: "Check a seccomp profile, or print Tether's default one.",
-        subcommands: [Check.self, Default.self])
+        subcommands: [Show.self, Check.self, Default.self])
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What a task's seccomp agent refused (seccomp-audit) or allowed (seccomp-learn): each syscall, its count, the first pid and its exec ID.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print the learned profile instead: Tether's default plus every syscall the task made (for --security-opt seccomp=FILE).")
+        var profile = false
+        @Argument(help: "The task ID.") var id: String
+
+        func run() throws {
+            try guarded {
+                let body = try global.client.seccomp(id, profile: profile)
+                if profile {
+                    print(String(decoding: body, as: UTF8.self), terminator: "")
+                    return
+                }
+                let report = try APIJSON.decoder.decode(SeccompReport.self, from: body)
+                print("SYSCALL             COUNT  FIRST PID  EXEC (\(report.mode))")
+                for e in report.syscalls {
+                    print("\(e.name.rightPad(18))  \(String(e.count).leftPad(5))  \(String(e.firstPid).leftPad(9))  \(e.execID.isEmpty ? "(init)" : e.execID)")
+                }
+            }
+        }
+    }
 
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -64,4 +88,9 @@ enum SeccompFile {
         return s
     }
 
+}
+
+private extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+    func rightPad(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }

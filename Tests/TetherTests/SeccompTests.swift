@@ -3,6 +3,8 @@ import Glibc
 #endif
 import Foundation
 import Testing
+import TetherAPI
+import TetherClient
 import TetherOCI
 import TetherSeccomp
 import TetherSys
@@ -270,4 +272,98 @@ struct ConfinementTests {
             #expect(try await d.tether("ls", "-q").out == "")
         }
     }
+}
+
+/// The shim as seccomp agent: audit refuses and counts, learn allows and
+/// records a profile, and a dead agent never leaves a container hung.
+@Suite("seccomp agent", .serialized, .enabled(if: Prerequisites.runIntegration), .timeLimit(.minutes(3)))
+struct SeccompAgentTests {
+    func report(_ d: TestDaemon, _ id: String) async throws -> SeccompReport? {
+        let r = try await d.tether("seccomp", "show", id)
+        guard r.status == 0 else { return nil }
+        let body = try await offPool { try APIClient(address: d.address, namespace: "default").seccomp(id, profile: false) }
+        return try JSONDecoder().decode(SeccompReport.self, from: body)
+    }
+
+    @Test("audit: a refused call 1000 times gets EPERM each time, the task answers, the report counts 1000 with pid and exec; learn: its profile then runs the same work with no refusal")
+    func auditAndLearn() async throws {
+        try await withDaemon { d in
+            let rootfs = try await SeccompContainerTests.rootfsWithProbe(in: d.dir)
+            let log = "\(d.dir)/a1.log"
+            #expect(try await d.tether("run", "-d", "--rootfs", rootfs, "--log", log, "--security-opt", "seccomp-audit", "a1", "--",
+                                       "sh", "-c", "syscall-probe keyctl 1000; sleep 1000").status == 0)
+            #expect(await eventually(20) { ((try? Files.readString(log)) ?? "").contains("keyctl: errno 1 (Operation not permitted), 1000 of 1000") },
+                    "\((try? Files.readString(log)) ?? "")")
+            #expect(try await d.tether("state", "a1").status == 0)
+            let ex = try await d.tether("exec", "--exec-id", "probe", "a1", "--", "syscall-probe", "add_key")
+            #expect(ex.out == "add_key: errno 1 (Operation not permitted), 1 of 1\n", "\(ex)")
+            var seen: SeccompReport?
+            let counted = await eventuallyAsync(10) {
+                seen = try await report(d, "a1")
+                return seen?.syscalls.first { $0.name == "keyctl" }?.count == 1000 && seen?.syscalls.contains { $0.name == "add_key" } == true
+            }
+            #expect(counted, "\(String(describing: seen))")
+            let keyctl = seen?.syscalls.first { $0.name == "keyctl" }
+            #expect(seen?.mode == "audit" && keyctl?.execID == "" && (keyctl?.firstPid ?? 0) > 1)
+            #expect(seen?.syscalls.first { $0.name == "add_key" }?.execID == "probe", "\(String(describing: seen))")
+            let shown = try await d.tether("seccomp", "show", "a1")
+            #expect(shown.out.contains("keyctl") && shown.out.contains("1000"), "\(shown)")
+            try await d.killAndDelete("a1")
+
+            // Learn: the calls go through and are recorded; the profile then allows them.
+            #expect(try await d.tether("run", "-d", "--rootfs", rootfs, "--security-opt", "seccomp-learn", "l1", "--",
+                                       "sh", "-c", "syscall-probe keyctl 3; syscall-probe add_key").status == 0)
+            #expect(try await d.tether("wait", "l1").status == 0)
+            let learned = try await d.tether("seccomp", "show", "--profile", "l1")
+            #expect(learned.status == 0 && learned.out.contains("\"keyctl\"") && learned.out.contains("\"add_key\""), "\(learned)")
+            let profile = "\(d.dir)/learned.json"
+            try Files.writeAtomically(profile, Array(learned.out.utf8))
+            #expect(try await d.tether("delete", "l1").status == 0)
+            let enforced = try await d.tether("run", "--rm", "--rootfs", rootfs, "--security-opt", "seccomp=\(profile)", "e1", "--",
+                                              "sh", "-c", "syscall-probe keyctl 3; syscall-probe add_key")
+            #expect(enforced.out == "keyctl: ok\nadd_key: ok\n", "\(enforced)")
+            let missing = try await d.tether("seccomp", "show", "nosuch")
+            #expect(missing.status != 0)
+        }
+    }
+
+    @Test("a shim killed while a notification is pending: the container's call returns and it goes on")
+    func agentKilledWhilePending() async throws {
+        try await withDaemon { d in
+            let rootfs = try await SeccompContainerTests.rootfsWithProbe(in: d.dir)
+            #expect(try await d.tether("run", "-d", "--rootfs", rootfs, "--security-opt", "seccomp-audit", "k1", "--",
+                                       "sh", "-c", "while [ ! -e /tmp/go ]; do usleep 20000; done; syscall-probe keyctl; sleep 1000").status == 0)
+            let shim = try #require(d.shimPid("k1"))
+            kill(shim, SIGSTOP)
+            // Written from the host into the container's rootfs: nothing asks the stopped shim.
+            try Files.writeAtomically("\(d.bundle("k1"))/rootfs/tmp/go", [])
+            #if arch(x86_64)
+            let keyctl = "250"
+            #else
+            let keyctl = "219"
+            #endif
+            var probe: Int32 = 0
+            let blocked = await eventually(10) {
+                probe = processes { $0.hasPrefix("syscall-probe keyctl") }.first ?? 0
+                return probe > 0 && ((try? Files.readString("/proc/\(probe)/syscall")) ?? "").hasPrefix("\(keyctl) ")
+            }
+            #expect(blocked, "the probe (pid \(probe)) never waited on the agent")
+            kill(shim, SIGKILL)
+            kill(shim, SIGCONT)
+            #expect(await eventually(10) { kill(probe, 0) != 0 || procStat(probe, field: 3) == "Z" }, "the probe \(probe) is still blocked")
+            // The manager saw its shim die: the task is stopped, with a reason, and deletes.
+            #expect(await eventuallyAsync(10) { try await d.tether("state", "k1").out.contains("\"stopped\"") })
+            #expect(try await d.tether("rm", "k1").status == 0)
+        }
+    }
+}
+
+/// `eventually` for a condition that must await (an API call): polled every 50 ms.
+func eventuallyAsync(_ seconds: Double, _ condition: () async throws -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if (try? await condition()) == true { return true }
+        try? await Task.sleep(nanoseconds: 50_000_000)
+    }
+    return (try? await condition()) == true
 }

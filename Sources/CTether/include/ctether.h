@@ -116,6 +116,14 @@ ssize_t tether_recv_fd(int sock, void *buf, size_t len, int *fd);
 
 // --- terminals and mounts ---------------------------------------------------
 
+// Seccomp user notifications (the shim as seccomp agent). recv fills one
+// notification: its id, the pid that made the call (in our pid namespace),
+// the syscall number and its AUDIT_ARCH; -errno on failure (ENOENT: the
+// caller died meanwhile). respond answers it: `error` is a negative errno
+// to fail the call with, or 0 with `cont` set to let the kernel run it.
+int tether_seccomp_recv(int fd, uint64_t *id, uint32_t *pid, int32_t *nr, uint32_t *arch);
+int tether_seccomp_respond(int fd, uint64_t id, int32_t error, int cont);
+
 int tether_set_winsize(int fd, unsigned short rows, unsigned short cols);
 int tether_get_winsize(int fd, unsigned short *rows, unsigned short *cols);
 int tether_mount(const char *source, const char *target, const char *fstype,
