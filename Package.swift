@@ -15,6 +15,8 @@ let package = Package(
         .executable(name: "tether", targets: ["tether"]),
         .library(name: "TetherRuntime", targets: ["TetherRuntime"]),
         .library(name: "TetherManager", targets: ["TetherManager"]),
+        // The fuzz targets' entry points, for FuzzTesting/ (scripts/fuzz) and the tests.
+        .library(name: "TetherFuzz", targets: ["TetherFuzz"]),
     ],
     dependencies: [
         // No traits: SwiftProtobuf then needs FoundationEssentials only, which keeps Foundation out of the shim.
@@ -108,9 +110,12 @@ let package = Package(
             ]
         ),
 
+        // The decoders that take input from other processes, as fuzz targets.
+        .target(name: "TetherFuzz", dependencies: ["TetherShim", "TetherAPI", "TetherOCI", "TetherRuntime", "TetherSeccomp"]),
+
         .testTarget(
             name: "TetherTests",
-            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherOCI", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient", "TetherSeccomp",
+            dependencies: ["TTRPC", "TetherProto", "TetherRuntime", "TetherOCI", "TetherSys", "TetherShim", "TetherManager", "TetherAPI", "TetherClient", "TetherSeccomp", "TetherFuzz",
                            .product(name: "Logging", package: "swift-log")]
         ),
     ],

@@ -94,7 +94,7 @@ public final class ShimRuntime: Runtime, Sendable {
         events = EventBus(limit: config.eventBuffer) { e in
             logger.debug("event", metadata: ["topic": "\(e.topic)", "namespace": "\(e.namespace)", "id": "\(e.event.containerID)"])
         }
-        monitor = MultiTaskMonitor([try OOMMonitor(events: events, logger: logger), config.monitor])
+        monitor = MultiTaskMonitor([try OOMMonitor(events: events, logger: logger), try SeccompMonitor(events: events, logger: logger), config.monitor])
     }
 
     /// Prepares the state and root directories, opens the exit pipe and

@@ -26,9 +26,12 @@ public struct TaskEvent: Sendable, Codable, Equatable {
         public var checkpoint: String?
         /// Why the manager, not the shim, produced an exit (a shim died).
         public var reason: String?
+        /// /tasks/seccomp: the syscall the task's seccomp agent saw first now.
+        public var syscall: String?
 
         public init(containerID: String, id: String? = nil, execID: String? = nil, pid: UInt32? = nil, exitStatus: UInt32? = nil,
-                    exitedAt: Date? = nil, bundle: String? = nil, checkpoint: String? = nil, reason: String? = nil) {
+                    exitedAt: Date? = nil, bundle: String? = nil, checkpoint: String? = nil, reason: String? = nil, syscall: String? = nil) {
+            self.syscall = syscall
             self.containerID = containerID
             self.id = id
             self.execID = execID
@@ -60,6 +63,8 @@ public struct TaskEvent: Sendable, Codable, Equatable {
         public static let paused = "/tasks/paused"
         public static let resumed = "/tasks/resumed"
         public static let checkpointed = "/tasks/checkpointed"
+        /// Tether's own: a task's seccomp agent refused (or, learning, allowed) a syscall for the first time.
+        public static let seccomp = "/tasks/seccomp"
     }
 }
 

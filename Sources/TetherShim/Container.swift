@@ -133,6 +133,7 @@ final class Container: @unchecked Sendable {
             }
             processes[""] = process
             phase = .live
+            seccompAgent?.started(pid: pid, execID: "")
             ShimLog.info("created container \(options.id), init pid \(pid)\(process.io.terminal ? " with a terminal" : "")")
             if let events {
                 var e = Containerd_Events_TaskCreate()
@@ -308,6 +309,7 @@ final class Container: @unchecked Sendable {
             processExited(process, pid: pid, code: code, at: at)
         }
         process.started(pid: pid, stdio: nil)
+        seccompAgent?.started(pid: pid, execID: execID)
         process.applyPendingSize()
     }
 

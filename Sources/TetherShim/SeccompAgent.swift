@@ -31,9 +31,18 @@ final class SeccompAgent {
         var name: String
         var count: UInt64
         var firstPid: Int32
-        /// Known once the shim has the pid of the exec it belongs to
-        /// (runc exec may return after the process made its first call).
-        var execID: String?
+        var execID: String
+    }
+
+    /// A syscall seen, with the process its filter was loaded for: the
+    /// exec ID is known once that process's launch has finished (runc exec
+    /// can return after the process made its first call).
+    private struct Seen {
+        var name: String
+        var count: UInt64
+        var firstPid: Int32
+        var owner: Int32
+        var since: UInt64
     }
 
     struct Report: Codable {
@@ -50,9 +59,14 @@ final class SeccompAgent {
     private var listener: (fd: FD, source: EventLoop.Source)?
     private var connections: [Int32: (fd: FD, source: EventLoop.Source)] = [:]
     private var notifiers: [Int32: (fd: FD, source: EventLoop.Source)] = [:]
-    private var records: [String: Record] = [:]
+    private var records: [String: Seen] = [:]
     private var order: [String] = []
+    /// The process each notification fd's filter was loaded for (the pid in runc's state).
+    private var owners: [Int32: Int32] = [:]
+    /// Launched processes: pid → exec ID ("" for the init), told by the Container.
+    private var launched: [Int32: String] = [:]
     private var flushPending = false
+    private var stopped = false
 
     /// Notifications answered; for the log at the end.
     private(set) var answered: UInt64 = 0
@@ -125,6 +139,7 @@ final class SeccompAgent {
             try fd.setNonBlocking(true)
             let source = try loop.add(notifyFd, events: UInt32(TETHER_EPOLLIN)) { [self] events in notified(notifyFd, events) }
             notifiers[notifyFd] = (fd, source)
+            owners[notifyFd] = Int32(clamping: pid)
             ShimLog.info("seccomp agent: watching the filter of pid \(pid)")
         } catch {
             fd.close()
@@ -142,7 +157,7 @@ final class SeccompAgent {
             if r == 0 {
                 let answer = mode == .audit ? tether_seccomp_respond(raw, id, -EPERM, 0) : tether_seccomp_respond(raw, id, 0, 1)
                 answered += 1
-                record(name: SeccompCheck.name(ofSyscall: nr, arch: arch) ?? "syscall \(nr)", pid: Int32(bitPattern: pid))
+                record(name: SeccompCheck.name(ofSyscall: nr, arch: arch) ?? "syscall \(nr)", pid: Int32(bitPattern: pid), owner: owners[raw] ?? 0)
                 if answer != 0 && answer != -ENOENT {
                     ShimLog.warn("seccomp agent: answering pid \(pid): \(SysError("ioctl(SECCOMP_IOCTL_NOTIF_SEND)", errno: -answer).message)")
                 }
@@ -158,22 +173,30 @@ final class SeccompAgent {
             loop.remove(n.source)
             n.fd.close()
         }
+        owners.removeValue(forKey: raw)
+    }
+
+    /// The Container launched `pid` as `execID` ("" for the init): the
+    /// syscalls its filter reported can now be written with their exec ID.
+    func started(pid: Int32, execID: String) {
+        launched[pid] = execID
+        if records.values.contains(where: { $0.owner == pid }) { flush() }
     }
 
     /// A new syscall is on disk before the call is answered (so a task
-    /// that has exited has all its syscalls in the report); counts follow
-    /// at most ten times a second.
-    private func record(name: String, pid: Int32) {
+    /// that has exited has all its syscalls in the report), unless its
+    /// process's launch has not finished: then when it has (`started`), or
+    /// 2 s later. Counts follow at most ten times a second.
+    private func record(name: String, pid: Int32, owner: Int32) {
         if records[name] == nil {
-            records[name] = Record(name: name, count: 1, firstPid: pid, execID: nil)
+            records[name] = Seen(name: name, count: 1, firstPid: pid, owner: owner, since: monotonicNanos())
             order.append(name)
             ShimLog.info("seccomp agent: \(mode == .audit ? "refused" : "allowed (learning)") \(name), first by pid \(pid)")
-            flush()
+            if launched[owner] != nil { flush() }
         } else {
             records[name]!.count += 1
         }
         guard !flushPending else { return }
-        // At most ten writes a second, however many calls come.
         flushPending = true
         loop.after(100_000_000) { [self] in
             flushPending = false
@@ -182,25 +205,37 @@ final class SeccompAgent {
     }
 
     /// BUNDLE/seccomp.json, written atomically: what the manager and `tether seccomp show` read.
-    private func flush() {
-        // "" may only mean the exec's pid is not known yet: an exec ID, once found, is kept.
-        for name in order where records[name]?.execID == nil {
-            let exec = execFor(records[name]!.firstPid)
-            if !exec.isEmpty { records[name]!.execID = exec }
-        }
-        let report = Report(mode: mode.rawValue, syscalls: order.compactMap { r in
-            records[r].map { Record(name: $0.name, count: $0.count, firstPid: $0.firstPid, execID: $0.execID ?? execFor($0.firstPid)) }
+    private func flush(final: Bool = false) {
+        guard !stopped else { return }
+        let now = monotonicNanos()
+        var waiting = false
+        let report = Report(mode: mode.rawValue, syscalls: order.compactMap { name in
+            guard let r = records[name] else { return nil }
+            let exec = launched[r.owner]
+            if exec == nil && !final && now - r.since < 2_000_000_000 {
+                waiting = true
+                return nil
+            }
+            return Record(name: r.name, count: r.count, firstPid: r.firstPid, execID: exec ?? execFor(r.firstPid))
         })
         do {
             try Files.writeAtomically(reportPath, Array(try JSONEncoder().encode(report)) + [0x0A], mode: 0o600)
         } catch {
             ShimLog.warn("seccomp agent: cannot write \(reportPath): \(error)")
         }
+        if waiting && !flushPending && !final {
+            flushPending = true
+            loop.after(100_000_000) { [self] in
+                flushPending = false
+                flush()
+            }
+        }
     }
 
     /// Closes everything (the task is deleted); the report stays with the bundle.
     func stop() {
-        if flushPending { flush() }
+        flush(final: true)
+        stopped = true
         for c in connections.values { loop.remove(c.source); c.fd.close() }
         for n in notifiers.values { loop.remove(n.source); n.fd.close() }
         if let l = listener { loop.remove(l.source); l.fd.close() }

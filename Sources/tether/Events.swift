@@ -15,7 +15,7 @@ import TetherSys
 struct Events: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print task events as they happen, one JSON object per line, until interrupted.",
-        discussion: "All namespaces unless --ns narrows them. Topics: /tasks/create, /tasks/start, /tasks/exit, /tasks/delete, /tasks/oom, /tasks/exec-added, /tasks/exec-started, /tasks/paused, /tasks/resumed, /tasks/checkpointed.")
+        discussion: "All namespaces unless --ns narrows them. Topics: /tasks/create, /tasks/start, /tasks/exit, /tasks/delete, /tasks/oom, /tasks/exec-added, /tasks/exec-started, /tasks/paused, /tasks/resumed, /tasks/checkpointed, and Tether's own /tasks/seccomp.")
     @OptionGroup var global: GlobalOptions
     @Option(help: "Only this namespace.") var ns: String?
     @Option(help: "Only this task.") var task: String?

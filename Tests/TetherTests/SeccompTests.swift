@@ -6,6 +6,7 @@ import Testing
 import TetherAPI
 import TetherClient
 import TetherOCI
+import TetherRuntime
 import TetherSeccomp
 import TetherSys
 
@@ -188,8 +189,10 @@ struct SeccompContainerTests {
             #expect(tools.out.contains("unshare=1") && (tools.out.contains("mount=255") || tools.out.contains("mount=1")), "\(tools)")
             #expect(tools.err.contains("Operation not permitted"), "\(tools)")
             let work = try await d.tether("run", "--rm", "--rootfs", rootfs, "s3", "--", "sh", "-c",
-                                          "ls / >/dev/null && ps >/dev/null && dd if=/dev/zero of=/tmp/z bs=4k count=16 2>/dev/null && sha256sum /tmp/z && sleep 0.1 && echo done")
-            #expect(work.status == 0 && work.out.hasSuffix("done\n"), "\(work)")
+                                          "ls / >/dev/null && ps >/dev/null && dd if=/dev/zero of=/tmp/z bs=4k count=16 2>/dev/null && sha256sum /tmp/z && sleep 0.1"
+                                          + " && mkdir /tmp/www && echo served > /tmp/www/x && httpd -p 127.0.0.1:8080 -h /tmp/www"
+                                          + " && wget -q -O - http://127.0.0.1:8080/x && echo done")
+            #expect(work.status == 0 && work.out.hasSuffix("served\ndone\n"), "\(work)")
             let open = try await d.tether("run", "--rm", "--rootfs", rootfs, "--security-opt", "seccomp=unconfined", "s4", "--", "sh", "-c", probes)
             #expect(open.status == 0, "\(open)")
             // (userfaultfd needs CAP_SYS_PTRACE on the host too, and unshare may: only these two are seccomp's alone.)
@@ -290,6 +293,8 @@ struct SeccompAgentTests {
         try await withDaemon { d in
             let rootfs = try await SeccompContainerTests.rootfsWithProbe(in: d.dir)
             let log = "\(d.dir)/a1.log"
+            let events = EventCollector(address: d.address, topics: ["/tasks/seccomp"])
+            try #require(events.ready.wait(timeout: .now() + 20) == .success, "the event subscriber did not start")
             #expect(try await d.tether("run", "-d", "--rootfs", rootfs, "--log", log, "--security-opt", "seccomp-audit", "a1", "--",
                                        "sh", "-c", "syscall-probe keyctl 1000; sleep 1000").status == 0)
             #expect(await eventually(20) { ((try? Files.readString(log)) ?? "").contains("keyctl: errno 1 (Operation not permitted), 1000 of 1000") },
@@ -306,6 +311,11 @@ struct SeccompAgentTests {
             let keyctl = seen?.syscalls.first { $0.name == "keyctl" }
             #expect(seen?.mode == "audit" && keyctl?.execID == "" && (keyctl?.firstPid ?? 0) > 1)
             #expect(seen?.syscalls.first { $0.name == "add_key" }?.execID == "probe", "\(String(describing: seen))")
+            // /tasks/seccomp: once per syscall, not once per call.
+            #expect(await eventually(10) { events.all.contains { $0.event.syscall == "add_key" } }, "\(events.all)")
+            let seenEvents = events.all.filter { $0.event.containerID == "a1" }
+            #expect(seenEvents.map { $0.event.syscall } == ["keyctl", "add_key"], "\(seenEvents)")
+            #expect(seenEvents.last?.event.execID == "probe" && seenEvents.first?.event.reason == "refused", "\(seenEvents)")
             let shown = try await d.tether("seccomp", "show", "a1")
             #expect(shown.out.contains("keyctl") && shown.out.contains("1000"), "\(shown)")
             try await d.killAndDelete("a1")
@@ -366,4 +376,34 @@ func eventuallyAsync(_ seconds: Double, _ condition: () async throws -> Bool) as
         try? await Task.sleep(nanoseconds: 50_000_000)
     }
     return (try? await condition()) == true
+}
+
+/// Events of some topics, as they come, from a subscription made before the test acts.
+final class EventCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [TaskEvent] = []
+    let ready = DispatchSemaphore(value: 0)
+
+    init(address: String, topics: [String]) {
+        let client = APIClient(address: address, namespace: "default", timeout: 300)
+        Thread.detachNewThread { [self] in
+            try? client.events(namespace: nil, task: nil, topics: topics, onReady: { self.ready.signal() }) { e in
+                self.lock.lock()
+                self.list.append(e)
+                self.lock.unlock()
+            }
+        }
+    }
+
+    var all: [TaskEvent] { lock.lock(); defer { lock.unlock() }; return list }
+}
+
+@Suite("seccomp event shape")
+struct SeccompEventShapeTests {
+    @Test("a /tasks/seccomp line decodes with its syscall")
+    func decodes() throws {
+        let line = #"{"event":{"containerID":"x1","pid":30884,"reason":"refused","syscall":"unshare"},"namespace":"default","timestamp":"2026-12-01T05:16:51.127026320Z","topic":"/tasks/seccomp"}"#
+        let e = try APIJSON.decoder.decode(TaskEvent.self, from: Data(line.utf8))
+        #expect(e.event.syscall == "unshare" && e.event.reason == "refused" && e.event.pid == 30884)
+    }
 }
