@@ -40,7 +40,7 @@ enum TaskAPI {
         }
         r.add(task, "Wait") { (req: Containerd_Task_V2_WaitRequest) in
             try c.checkID(req.id)
-            let e = await try c.process(req.execID).waitForExit()
+            let e = try await c.process(req.execID).waitForExit()
             var out = Containerd_Task_V2_WaitResponse()
             out.exitStatus = e.code
             out.exitedAt = e.timestamp
