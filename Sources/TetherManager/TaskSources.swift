@@ -75,6 +75,8 @@ extension ShimRuntime {
         let caps = try confinement.capabilities(available: Self.boundingSet)
         var spec = SpecBuilder.spec(namespace: namespace, id: id, process: process, cgroupParent: layout.cgroupParent, resources: resources,
                                     capabilities: caps, privileged: privileged, readOnly: confinement.readOnly == true)
+        // Privileged: the host's devices too, as `ctr run --privileged` and Docker give them.
+        if privileged { spec.linux?.devices = Self.hostDevices() }
         // Privileged means no filter, unless a profile is asked for (as in Docker).
         spec.linux?.seccomp = try (privileged && seccomp == .default ? .unconfined : seccomp).section(capabilities: Set(caps))
         if let mode = confinement.seccompAgent {
@@ -91,6 +93,32 @@ extension ShimRuntime {
 }
 
 extension ShimRuntime {
+    /// Every character and block device under the host's /dev, for a
+    /// privileged task; not the ones runc makes itself (null, zero, tty, …)
+    /// nor the per-container trees (pts, shm, mqueue) and symlinks.
+    static func hostDevices(_ dir: String = "/dev") -> [OCI.Device] {
+        let own: Set<String> = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"]
+        let skipDirs: Set<String> = ["pts", "shm", "mqueue", "fd", ".lxc", ".lxd-mounts", ".udev"]
+        var out: [OCI.Device] = []
+        for name in ((try? Files.listDirectory(dir)) ?? []).sorted() {
+            let path = "\(dir)/\(name)"
+            var st = stat()
+            guard lstat(path, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR where !skipDirs.contains(name):
+                out += hostDevices(path)
+            case S_IFCHR where !(dir == "/dev" && own.contains(name)), S_IFBLK:
+                out.append(OCI.Device(path: path, type: st.st_mode & S_IFMT == S_IFCHR ? "c" : "b",
+                                      major: Int64((st.st_rdev >> 8) & 0xfff | (st.st_rdev >> 32) & ~0xfff),
+                                      minor: Int64(st.st_rdev & 0xff | (st.st_rdev >> 12) & ~0xff),
+                                      fileMode: UInt32(st.st_mode & 0o7777), uid: st.st_uid, gid: st.st_gid))
+            default:
+                continue
+            }
+        }
+        return out
+    }
+
     /// tetherd's own capability bounding set: what a container can be given at most.
     static let boundingSet: Set<String>? = {
         guard let status = try? Files.readString("/proc/self/status"),

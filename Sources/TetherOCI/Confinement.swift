@@ -12,8 +12,9 @@ public struct Confinement: Codable, Sendable, Equatable {
     public var capAdd: [String]?
     public var capDrop: [String]?
     /// Every capability, no seccomp filter, no masked or read-only kernel
-    /// paths, every device allowed in the cgroup, /sys and the cgroup
-    /// mount writable: the container is as strong as root on the host.
+    /// paths, the host's devices in /dev and all of them allowed in the
+    /// cgroup, /sys and the cgroup mount writable: the container is as
+    /// strong as root on the host.
     public var privileged: Bool?
     /// The root filesystem read-only.
     public var readOnly: Bool?

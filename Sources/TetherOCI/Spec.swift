@@ -132,6 +132,7 @@ extension OCI {
         public var rootfsPropagation: String?
         public var sysctl: [String: String]?
         public var seccomp: Seccomp?
+        public var devices: [Device]?
 
         public init(namespaces: [Namespace]? = nil, cgroupsPath: String? = nil, resources: LinuxResources? = nil,
                     maskedPaths: [String]? = nil, readonlyPaths: [String]? = nil) {
@@ -140,6 +141,27 @@ extension OCI {
             self.resources = resources
             self.maskedPaths = maskedPaths
             self.readonlyPaths = readonlyPaths
+        }
+    }
+
+    /// A device node runc makes in the container's /dev.
+    public struct Device: Codable, Sendable, Equatable {
+        public var path: String
+        public var type: String
+        public var major: Int64
+        public var minor: Int64
+        public var fileMode: UInt32?
+        public var uid: UInt32?
+        public var gid: UInt32?
+
+        public init(path: String, type: String, major: Int64, minor: Int64, fileMode: UInt32?, uid: UInt32?, gid: UInt32?) {
+            self.path = path
+            self.type = type
+            self.major = major
+            self.minor = minor
+            self.fileMode = fileMode
+            self.uid = uid
+            self.gid = gid
         }
     }
 

@@ -43,7 +43,7 @@ struct TaskOptions: ParsableArguments {
 
     @Option(help: "Add a capability (SYS_ADMIN, CAP_NET_ADMIN, ALL); repeatable.") var capAdd: [String] = []
     @Option(help: "Drop a capability (or ALL); repeatable.") var capDrop: [String] = []
-    @Flag(help: "Every capability, no seccomp filter, no masked kernel paths, every device allowed: the container is as strong as root on the host.")
+    @Flag(help: "Every capability, no seccomp filter, no masked kernel paths, the host's devices: the container is as strong as root on the host.")
     var privileged = false
     @Flag(help: "Mount the container's root filesystem read-only.") var readOnly = false
     @Option(name: [.short, .long], help: "Run as UID or UID:GID (numbers).") var user: String?

@@ -251,6 +251,12 @@ struct ConfinementTests {
             #expect(ro.out == "1\n" && ro.err.contains("Read-only file system"), "\(ro)")
             let user = try await d.tether("run", "--rm", "-u", "1000:1001", "c5", "--", "sh", "-c", "echo $(id -u):$(id -g)")
             #expect(user.out == "1000:1001\n", "\(user)")
+            // A host device runc does not make by itself: there when privileged, not otherwise.
+            let hostDevice = try #require(["kmsg", "loop-control", "fuse", "loop0"].first { Files.exists("/dev/\($0)") })
+            let devPriv = try await d.tether("run", "--rm", "--privileged", "c6d", "--", "sh", "-c", "test -c /dev/\(hostDevice) -o -b /dev/\(hostDevice) && echo present")
+            #expect(devPriv.out == "present\n", "\(devPriv)")
+            let devPlain = try await d.tether("run", "--rm", "c6p", "--", "sh", "-c", "test -e /dev/\(hostDevice) || echo absent")
+            #expect(devPlain.out == "absent\n", "\(devPlain)")
             let priv = try await d.tether("run", "--rm", "--privileged", "c6", "--", "sh", "-c", "grep CapEff /proc/self/status")
             // Every capability tetherd has (this machine's bounding set lacks CAP_SYS_RESOURCE, for one).
             let own = try Files.readString("/proc/self/status").split(separator: "\n").first { $0.hasPrefix("CapBnd:") }
