@@ -48,7 +48,15 @@ public struct APIServer: Sendable {
         let tasks = router.group("/v1/namespaces/:ns/tasks")
         tasks.get { _, c in try await handle { try list(ns(c)) } }
         tasks.post { req, c in try await handle { try await create(ns(c), req) } }
-        tasks.get(":id") { _, c in try await handle { try await view(try await task(c)) } }
+        tasks.get(":id") { _, c in
+            try await handle {
+                // Only here: the security view decodes the whole spec.
+                let t = try await task(c)
+                var v = try await taskView(t)
+                v.security = SecurityView(spec: t.info.spec)
+                return json(v)
+            }
+        }
         tasks.post(":id/start") { _, c in
             try await handle {
                 let t = try await task(c)
@@ -276,7 +284,7 @@ public struct APIServer: Sendable {
         let shim = t as? ShimTask
         return TaskView(namespace: t.info.namespace, id: t.id, pid: s.pid, status: s.status, exit: s.exit.map(ExitView.init),
                         exitReason: shim?.exitReason, io: IOView(stdin: s.stdin, stdout: s.stdout, stderr: s.stderr, terminal: s.terminal),
-                        runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid, security: SecurityView(spec: t.info.spec))
+                        runtime: t.info.runtime, bundle: shim?.bundle, shimPid: shim?.shimPid)
     }
 
     private func task(_ c: APIContext) async throws -> any RuntimeTask {

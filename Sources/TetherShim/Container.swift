@@ -113,9 +113,7 @@ final class Container: @unchecked Sendable {
                 _ = try RootfsMounts.mountAll(r.rootfs, rootfs: "\(bundle)/rootfs")
             }
             let files = try ProcessStdio.openPaths(process.io, log: log)
-            if let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(try Files.readRegular("\(bundle)/config.json"))) {
-                seccompAgent = try SeccompAgent.start(spec: spec, bundle: bundle, loop: loop) { [weak self] pid in self?.execID(of: pid) ?? "" }
-            }
+            seccompAgent = try SeccompAgent.start(bundle: bundle, loop: loop) { [weak self] pid in self?.execID(of: pid) ?? "" }
             if !r.checkpoint.isEmpty {
                 // Restored at Start, as containerd does: nothing runs until then.
                 guard Files.isDirectory(r.checkpoint) else {
