@@ -52,11 +52,9 @@ extension ShimRuntime {
         var orphans: [TaskKey: Int32?] = [:]
         let prefix = layout.tasksDir + "/"
         for entry in (try? Files.listDirectory("/proc")) ?? [] {
-            guard let pid = Int32(entry), let args = Proc.arguments(pid), args.first?.hasSuffix("tether-shim") == true else { continue }
-            func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
-            guard let bundle = value("--bundle"), bundle.hasPrefix(prefix), let ns = value("--namespace"), let id = value("--id"),
-                  bundle == layout.bundle(ns, id), Identifier.isValid(ns), Identifier.isValid(id) else { continue }
-            let key = TaskKey(namespace: ns, id: id)
+            guard let pid = Int32(entry), let s = Self.shim(pid), s.bundle.hasPrefix(prefix), Identifier.isValid(s.namespace),
+                  Identifier.isValid(s.id), s.bundle == layout.bundle(s.namespace, s.id) else { continue }
+            let key = TaskKey(namespace: s.namespace, id: s.id)
             if task(forKey: key) == nil { orphans[key] = pid }
         }
         let runcDir = "\(layout.state)/runc"
@@ -195,9 +193,19 @@ extension ShimRuntime {
 
     /// Is `pid` a tether-shim serving namespace/id?
     static func isShim(pid: Int32, namespace: String, id: String) -> Bool {
-        guard let args = Proc.arguments(pid), let first = args.first, first.hasSuffix("tether-shim") else { return false }
+        guard let s = shim(pid) else { return false }
+        return s.id == id && s.namespace == namespace
+    }
+
+    /// What a tether-shim process serves, from its command line; nil for
+    /// anything else. Only root's processes count: another host user can
+    /// start a process with any name and arguments, and must not make
+    /// tetherd take it for a shim (and stop it, or list a task for it).
+    static func shim(_ pid: Int32) -> (namespace: String, id: String, bundle: String)? {
+        guard Proc.owner(pid) == 0, let args = Proc.arguments(pid), let first = args.first, first.hasSuffix("tether-shim") else { return nil }
         func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
-        return value("--id") == id && value("--namespace") == namespace
+        guard let ns = value("--namespace"), let id = value("--id") else { return nil }
+        return (ns, id, value("--bundle") ?? "")
     }
 
     /// A task whose task.json cannot be read is handled as dead: its shim

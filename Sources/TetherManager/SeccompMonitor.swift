@@ -33,7 +33,8 @@ public final class SeccompMonitor: TaskMonitor, Sendable {
     }
 
     public func monitor(_ task: any RuntimeTask) throws {
-        guard let shim = task as? ShimTask,
+        // Most specs have no listener: a byte search spares decoding them.
+        guard let shim = task as? ShimTask, task.info.spec.firstRange(of: Data("\"tether:".utf8)) != nil,
               let spec = try? JSONDecoder().decode(JSONValue.self, from: task.info.spec),
               spec["linux"]?["seccomp"]?["listenerMetadata"]?.stringValue?.hasPrefix("tether:") == true else { return }
         let wd = try check(tether_inotify_watch(inotify.raw, shim.bundle, 0x80 /* IN_MOVED_TO: the shim's atomic rename */), "inotify_add_watch", shim.bundle)

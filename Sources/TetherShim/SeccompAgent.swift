@@ -75,7 +75,7 @@ final class SeccompAgent {
     /// listenerPath and "tether:audit" or "tether:learn" as metadata; nil otherwise.
     static func start(bundle: String, loop: EventLoop, execFor: @escaping (Int32) -> String) throws -> SeccompAgent? {
         // Most specs have no listener: a byte search spares decoding them.
-        guard let bytes = try? Files.readRegular("\(bundle)/config.json"), contains(bytes, Array("\"tether:".utf8)),
+        guard let bytes = try? Files.readRegular("\(bundle)/config.json"), bytes.firstRange(of: Array("\"tether:".utf8)) != nil,
               let spec = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)) else { return nil }
         let seccomp = spec["linux"]?["seccomp"]
         guard let path = seccomp?["listenerPath"]?.stringValue, path == "\(bundle)/seccomp.sock",
@@ -84,17 +84,6 @@ final class SeccompAgent {
         let agent = SeccompAgent(mode: mode, loop: loop, socketPath: path, reportPath: "\(bundle)/seccomp.json", execFor: execFor)
         try agent.listen()
         return agent
-    }
-
-    private static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-        guard needle.count <= haystack.count else { return false }
-        let first = needle[0]
-        var i = 0
-        while i + needle.count <= haystack.count {
-            if haystack[i] == first && haystack[i..<(i + needle.count)].elementsEqual(needle) { return true }
-            i += 1
-        }
-        return false
     }
 
     private init(mode: Mode, loop: EventLoop, socketPath: String, reportPath: String, execFor: @escaping (Int32) -> String) {

@@ -17,6 +17,12 @@ public enum Proc {
         return fields.count > 1 ? Int32(fields[1]) : nil
     }
 
+    /// The process's owner (its real uid, as /proc/PID belongs to it).
+    public static func owner(_ pid: Int32) -> uid_t? {
+        var st = stat()
+        return stat("/proc/\(pid)", &st) == 0 ? st.st_uid : nil
+    }
+
     /// The command line's arguments.
     public static func arguments(_ pid: Int32) -> [String]? {
         guard let raw = try? Files.read("/proc/\(pid)/cmdline"), !raw.isEmpty else { return nil }

@@ -36,6 +36,17 @@ struct RobustnessTests {
             // As an operator's rm -rf would, once the rootfs mount let it.
             Mounts.unmountTree(under: d.bundle("o1"))
             try Files.removeTree(d.bundle("o1"))
+            // Another host user's process dressed as a shim of a task that has no directory:
+            // it is not root's, so tetherd neither stops it nor lists a task for it.
+            let fakeDir = try makeTempDir()
+            defer { try? Files.removeTree(fakeDir) }
+            chmod(fakeDir, 0o755)
+            #expect(try await runProgram("/bin/cp", ["/bin/bash", "\(fakeDir)/tether-shim"]).status == 0)
+            let fake = try StartedProgram("/usr/bin/setpriv", ["--reuid", "65534", "--regid", "65534", "--clear-groups", "\(fakeDir)/tether-shim",
+                                                             "-c", "sleep 1000; true", "--namespace", "default", "--id", "fake",
+                                                             "--bundle", d.bundle("fake")])
+            defer { kill(fake.pid, SIGKILL); _ = fake.wait(timeout: 10) }
+            #expect(await eventually(10) { Proc.arguments(fake.pid)?.first?.hasSuffix("tether-shim") == true })
             try await d.start()
             #expect(d.logText.contains("runs without its state directory; stopping it"), "\(d.logText)")
             #expect(await eventually(10) { procStat(shim, field: 3).map { $0 == "Z" } ?? true }, "shim \(shim) still runs")
@@ -43,6 +54,8 @@ struct RobustnessTests {
             let st = try await d.tether("state", "o1")
             #expect(st.out.contains("\"stopped\"") && st.out.contains("was removed while it ran"), "\(st)")
             #expect(try await d.tether("rm", "o1").status == 0)
+            #expect(try await d.tether("state", "fake").status != 0)
+            #expect(kill(fake.pid, 0) == 0 && procStat(fake.pid, field: 3) != "Z", "tetherd stopped another user's process")
             // The task next to it is untouched.
             #expect(try await d.tether("state", "o2").out.contains("\"running\""))
             try await d.killAndDelete("o2")

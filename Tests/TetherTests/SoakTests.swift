@@ -24,7 +24,7 @@ struct SoakTests {
     func soak() async throws {
         try await withDaemon { d in
             let api = AsyncAPI(d)
-            let exits = ExitCollector(address: d.address)
+            let exits = EventCollector(address: d.address, topics: ["/tasks/exit"])
             try #require(exits.ready.wait(timeout: .now() + 20) == .success, "the exit subscriber did not start")
             let stress = StressSubscribers(address: d.address)
             defer { stress.stop() }
@@ -71,9 +71,13 @@ struct SoakTests {
             // Long enough for the silent ones to fill their socket and queue: tetherd dropped them.
             if round >= 6 { #expect(stress.silentDrops > 0, "no silent subscriber was dropped in \(round) rounds") }
             // Every exit, exactly once, to the subscriber that kept up.
-            let all = await eventually(30) { exits.total >= expected.count }
-            #expect(all, "\(exits.total) exits seen of \(expected.count)")
-            let counts = exits.counts
+            // Each exit by task and exec; the probes between rounds are not counted.
+            func counts() -> [String: Int] {
+                Dictionary(exits.all.filter { $0.event.containerID != "probe" }.map { ("\($0.event.containerID)/\($0.event.execID ?? "")", 1) }, uniquingKeysWith: +)
+            }
+            let all = await eventually(30) { counts().values.reduce(0, +) >= expected.count }
+            #expect(all, "\(counts().values.reduce(0, +)) exits seen of \(expected.count)")
+            let counts = counts()
             #expect(Set(counts.keys) == expected, "missing \(expected.subtracting(counts.keys).sorted().prefix(5)), unexpected \(Set(counts.keys).subtracting(expected).sorted().prefix(5))")
             let twice = counts.filter { $0.value != 1 }
             #expect(twice.isEmpty, "delivered more than once: \(twice.sorted { $0.key < $1.key }.prefix(5))")
@@ -133,28 +137,6 @@ extension AsyncAPI {
         let c = client
         try await offPool { try c.kill(id, signal: signal, all: false) }
     }
-}
-
-/// A subscriber that keeps up: counts each exit by task and exec.
-final class ExitCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var seen: [String: Int] = [:]
-    let ready = DispatchSemaphore(value: 0)
-
-    init(address: String) {
-        let client = APIClient(address: address, namespace: "default", timeout: 900)
-        Thread.detachNewThread { [self] in
-            try? client.events(namespace: nil, task: nil, topics: ["/tasks/exit"], onReady: { self.ready.signal() }) { e in
-                guard e.event.containerID != "probe" else { return }
-                self.lock.lock()
-                self.seen["\(e.event.containerID)/\(e.event.execID ?? "")", default: 0] += 1
-                self.lock.unlock()
-            }
-        }
-    }
-
-    var counts: [String: Int] { lock.lock(); defer { lock.unlock() }; return seen }
-    var total: Int { counts.values.reduce(0, +) }
 }
 
 /// 10 subscribers that read a little, slowly (reconnecting when dropped),
